@@ -1,0 +1,434 @@
+//! x86_64 critical sections.
+//!
+//! Every primitive is one `asm!` block built by [`critical_section!`]:
+//!
+//! - its `struct rseq_cs` descriptor goes into the `__rseq_cs` section (and its address
+//!   into `__rseq_cs_ptr_array`, where debuggers and CRIU look for them);
+//! - it stores the descriptor's address into the area's `rseq_cs` field, the only field user
+//!   space writes;
+//! - inside the section it reads the index field (`cpu_id` or `mm_cid`, the same field it
+//!   indexes by) and leaves with "no CPU" when the index is negative or past the array, so an
+//!   unregistered thread or an undersized array can never reach a slot;
+//! - the commit is the last instruction before the post-commit label;
+//! - the abort handler and the other cold exits live in `__rseq_failure`, and the abort
+//!   handler is preceded by the signature (as the immediate of a `ud1`).
+//!
+//! Labels are numbers from 2 up: LLVM's Intel syntax parser reads `0b`/`1b` as binary
+//! literals. 2 = start, 3 = post-commit, 4 = descriptor, 5 = abort, 6 = no CPU,
+//! 7 = declined (compare failed, list empty, stack full), 8 = end.
+//!
+//! No syscall and no store to a kernel-owned field happens inside a section. The status is
+//! 0 = completed, 1 = aborted, 2 = no CPU, 3 = declined.
+
+use crate::abi::RseqArea;
+use core::arch::asm;
+
+pub(crate) const COMPLETED: u32 = 0;
+pub(crate) const ABORTED: u32 = 1;
+pub(crate) const NO_CPU: u32 = 2;
+pub(crate) const DECLINED: u32 = 3;
+
+macro_rules! critical_section {
+    (
+        area: $area:expr,
+        index: $index:expr,
+        len: $len:expr,
+        cpu: $cpu:ident,
+        status: $status:ident,
+        body: [$($body:literal),* $(,)?],
+        $($operands:tt)*
+    ) => {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "4:",
+            ".long 0x0, 0x0",
+            ".quad 2f, (3f - 2f), 5f",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"aw\"",
+            ".quad 4b",
+            ".popsection",
+            "lea {cpu}, [rip + 4b]",
+            "mov qword ptr [{area} + 8], {cpu}",
+            "2:",
+            "mov {cpu:e}, dword ptr [{index}]",
+            "cmp {cpu}, {len}",
+            "jae 6f",
+            $($body,)*
+            "3:",
+            "xor {status:e}, {status:e}",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "mov {status:e}, 1",
+            "jmp 8f",
+            "6:",
+            "mov {status:e}, 2",
+            "jmp 8f",
+            "7:",
+            "mov {status:e}, 3",
+            "jmp 8f",
+            ".popsection",
+            "8:",
+            area = in(reg) $area,
+            index = in(reg) $index,
+            len = in(reg) $len,
+            cpu = out(reg) $cpu,
+            status = out(reg) $status,
+            $($operands)*
+            options(nostack),
+        )
+    };
+}
+
+/// Where a critical section runs: the thread's area and the index field inside it.
+#[derive(Clone, Copy)]
+pub(crate) struct Section {
+    pub(crate) area: *mut RseqArea,
+    pub(crate) index: *const u32,
+}
+
+/// Per-CPU slots: slot `c` is at `base + c * stride`, for `c < len`.
+#[derive(Clone, Copy)]
+pub(crate) struct Slots {
+    pub(crate) base: *mut u8,
+    pub(crate) stride: usize,
+    pub(crate) len: usize,
+}
+
+/// The thread pointer (`fs:0` holds its own address on x86_64 Linux).
+#[inline(always)]
+pub(crate) fn thread_pointer() -> *mut u8 {
+    let tp: *mut u8;
+    // SAFETY: on x86_64 Linux the TCB's first word is the thread pointer itself (the TLS ABI
+    // every libc uses), always mapped while the thread runs. The read has no side effect.
+    unsafe {
+        asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags, pure));
+    }
+    tp
+}
+
+/// `*slot[cpu] += value` (wrapping), committed by the add itself.
+///
+/// # Safety
+/// `section` points into the calling thread's registered area; for every `c < slots.len`,
+/// `slots.base + c * slots.stride` is a live, 8-byte aligned `u64` that only critical
+/// sections and atomic operations access.
+#[inline(always)]
+pub(crate) unsafe fn add(section: Section, slots: Slots, value: u64) -> (u32, usize) {
+    let status: u32;
+    let cpu: usize;
+    // SAFETY: the caller guarantees the area and slot contract above. The section writes only
+    // `rseq_cs` in the area and the one slot selected by an index checked against `len`.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {slot}, {cpu}",
+                "imul {slot}, {stride}",
+                "add qword ptr [{base} + {slot}], {value}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            value = in(reg) value,
+            slot = out(reg) _,
+        );
+    }
+    (status, cpu)
+}
+
+/// If `*slot[cpu] == expected`, store `new`; otherwise decline with the value seen.
+///
+/// # Safety
+/// As for [`add`], with 8-byte slots.
+#[inline(always)]
+pub(crate) unsafe fn compare_and_store(
+    section: Section,
+    slots: Slots,
+    expected: u64,
+    new: u64,
+) -> (u32, usize, u64) {
+    let status: u32;
+    let cpu: usize;
+    let seen: u64;
+    // SAFETY: as for `add`; the only store is the commit to the selected slot.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {slot}, {cpu}",
+                "imul {slot}, {stride}",
+                "add {slot}, {base}",
+                "mov {seen}, qword ptr [{slot}]",
+                "cmp {seen}, {expected}",
+                "jne 7f",
+                "mov qword ptr [{slot}], {new}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            expected = in(reg) expected,
+            new = in(reg) new,
+            slot = out(reg) _,
+            seen = out(reg) seen,
+        );
+    }
+    (status, cpu, seen)
+}
+
+/// Pop the head of this CPU's linked list: load head, decline if null or locked (bit 0 set),
+/// load `head->next`, store it as the head.
+///
+/// # Safety
+/// As for [`add`], with pointer slots; every non-null head reachable from a slot points to a
+/// node with a readable pointer at `next_offset`.
+#[inline(always)]
+pub(crate) unsafe fn pop_linked(
+    section: Section,
+    slots: Slots,
+    next_offset: usize,
+) -> (u32, usize, *mut u8) {
+    let status: u32;
+    let cpu: usize;
+    let head: *mut u8;
+    // SAFETY: as for `add`. The head read inside the section is still this CPU's head (nothing
+    // else writes this slot while the section runs, or the section aborts), so the node it
+    // points to is on the list and readable by the caller's contract.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {slot}, {cpu}",
+                "imul {slot}, {stride}",
+                "add {slot}, {base}",
+                "mov {head}, qword ptr [{slot}]",
+                "test {head}, {head}",
+                "jz 7f",
+                "test {head}, 1",
+                "jnz 7f",
+                "mov {next}, qword ptr [{head} + {next_offset}]",
+                "mov qword ptr [{slot}], {next}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            next_offset = in(reg) next_offset,
+            slot = out(reg) _,
+            head = out(reg) head,
+            next = out(reg) _,
+        );
+    }
+    (status, cpu, head)
+}
+
+/// Push `node` on this CPU's linked list: decline if the head is locked (bit 0 set),
+/// try-store `node->next = head`, commit `head = node`.
+///
+/// On x86_64 every store is a release store (TSO) and the `asm!` block is a compiler barrier,
+/// so this one sequence serves both the relaxed and the release variant.
+///
+/// # Safety
+/// As for [`add`], with pointer slots; `node + next_offset` is a writable pointer-sized field
+/// that nothing else accesses until the push commits.
+#[inline(always)]
+pub(crate) unsafe fn push_linked(
+    section: Section,
+    slots: Slots,
+    node: *mut u8,
+    next_offset: usize,
+) -> (u32, usize, *mut u8) {
+    let status: u32;
+    let cpu: usize;
+    let head: *mut u8;
+    // SAFETY: as for `add`; the try-store goes to the caller's own node, the commit to the slot.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {slot}, {cpu}",
+                "imul {slot}, {stride}",
+                "add {slot}, {base}",
+                "mov {head}, qword ptr [{slot}]",
+                "test {head}, 1",
+                "jnz 7f",
+                "mov qword ptr [{node} + {next_offset}], {head}",
+                "mov qword ptr [{slot}], {node}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            node = in(reg) node,
+            next_offset = in(reg) next_offset,
+            slot = out(reg) _,
+            head = out(reg) head,
+        );
+    }
+    (status, cpu, head)
+}
+
+/// Push onto this CPU's bounded stack (header: `top`, `end`, `begin`): decline if
+/// `top + size > end`, copy `size` bytes from `src` to `top` (the try-stores), commit
+/// `top += size`.
+///
+/// # Safety
+/// As for [`add`], with [`crate::BoundedStack`] headers whose `begin <= top <= end` delimit
+/// writable storage owned by the header; `src` is readable for `size` bytes and does not
+/// overlap any stack storage.
+#[inline(always)]
+pub(crate) unsafe fn push_copy(
+    section: Section,
+    slots: Slots,
+    src: *const u8,
+    size: usize,
+) -> (u32, usize) {
+    let status: u32;
+    let cpu: usize;
+    // SAFETY: as for `add`. The copy writes [top, top + size), checked against `end`, which
+    // is free storage of this CPU's stack; only the commit makes it visible as an item.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {header}, {cpu}",
+                "imul {header}, {stride}",
+                "add {header}, {base}",
+                "mov rdi, qword ptr [{header}]",
+                "lea {end}, [rdi + rcx]",
+                "cmp {end}, qword ptr [{header} + 8]",
+                "ja 7f",
+                "rep movsb",
+                "mov qword ptr [{header}], rdi",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            header = out(reg) _,
+            end = out(reg) _,
+            inout("rsi") src => _,
+            inout("rcx") size => _,
+            out("rdi") _,
+        );
+    }
+    (status, cpu)
+}
+
+/// Pop from this CPU's bounded stack: decline if `top - size < begin`, copy the `size` bytes
+/// below `top` to `dst`, commit `top -= size`.
+///
+/// # Safety
+/// As for [`push_copy`]; `dst` is writable for `size` bytes, private to the caller, and its
+/// contents are meaningful only when the pop completes (an abort may leave a partial copy).
+#[inline(always)]
+pub(crate) unsafe fn pop_copy(
+    section: Section,
+    slots: Slots,
+    dst: *mut u8,
+    size: usize,
+) -> (u32, usize) {
+    let status: u32;
+    let cpu: usize;
+    // SAFETY: as for `add`. The copy reads [top - size, top), checked against `begin`, which
+    // holds this CPU's newest item; it writes only the caller's private `dst`.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {header}, {cpu}",
+                "imul {header}, {stride}",
+                "add {header}, {base}",
+                "mov {top}, qword ptr [{header}]",
+                "sub {top}, rcx",
+                "jb 7f",
+                "cmp {top}, qword ptr [{header} + 16]",
+                "jb 7f",
+                "mov rsi, {top}",
+                "rep movsb",
+                "mov qword ptr [{header}], {top}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            header = out(reg) _,
+            top = out(reg) _,
+            inout("rdi") dst => _,
+            inout("rcx") size => _,
+            out("rsi") _,
+        );
+    }
+    (status, cpu)
+}
+
+/// Push one word onto this CPU's bounded stack: decline if `top == end`, try-store `item` at
+/// `top`, commit `top += 8`.
+///
+/// # Safety
+/// As for [`push_copy`] with word-aligned, word-sized storage.
+#[inline(always)]
+pub(crate) unsafe fn push_word(section: Section, slots: Slots, item: *mut u8) -> (u32, usize) {
+    let status: u32;
+    let cpu: usize;
+    // SAFETY: as for `add`. The try-store writes the free word at `top`, checked against
+    // `end`; only the commit makes it an item.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {header}, {cpu}",
+                "imul {header}, {stride}",
+                "add {header}, {base}",
+                "mov {top}, qword ptr [{header}]",
+                "cmp {top}, qword ptr [{header} + 8]",
+                "jae 7f",
+                "mov qword ptr [{top}], {item}",
+                "add {top}, 8",
+                "mov qword ptr [{header}], {top}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            item = in(reg) item,
+            header = out(reg) _,
+            top = out(reg) _,
+        );
+    }
+    (status, cpu)
+}
+
+/// Pop one word from this CPU's bounded stack: decline if `top == begin`, load the word below
+/// `top` through the pointer, commit `top -= 8`.
+///
+/// # Safety
+/// As for [`push_word`].
+#[inline(always)]
+pub(crate) unsafe fn pop_word(section: Section, slots: Slots) -> (u32, usize, *mut u8) {
+    let status: u32;
+    let cpu: usize;
+    let item: *mut u8;
+    // SAFETY: as for `add`. The load reads the newest item of this CPU's stack, checked
+    // against `begin`; the only store is the commit.
+    unsafe {
+        critical_section!(
+            area: section.area, index: section.index, len: slots.len,
+            cpu: cpu, status: status,
+            body: [
+                "mov {header}, {cpu}",
+                "imul {header}, {stride}",
+                "add {header}, {base}",
+                "mov {top}, qword ptr [{header}]",
+                "cmp {top}, qword ptr [{header} + 16]",
+                "jbe 7f",
+                "mov {item}, qword ptr [{top} - 8]",
+                "sub {top}, 8",
+                "mov qword ptr [{header}], {top}",
+            ],
+            base = in(reg) slots.base,
+            stride = in(reg) slots.stride,
+            header = out(reg) _,
+            top = out(reg) _,
+            item = out(reg) item,
+        );
+    }
+    (status, cpu, item)
+}

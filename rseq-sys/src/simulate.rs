@@ -1,0 +1,339 @@
+//! A simulated machine for loom, Miri and property tests.
+//!
+//! [`Simulated`] runs every [`Backend`] operation as the same sequence of loads and stores the
+//! real critical section performs, with three differences that keep it faithful without
+//! rseq:
+//!
+//! - The CPU id is injected per thread with [`set_cpu`]; `None` means "no CPU".
+//! - Each CPU has a busy flag held for the duration of an operation, which gives the
+//!   guarantee the kernel gives: at most one critical section runs on a CPU at a time, and a
+//!   later one sees the earlier one's stores.
+//! - Aborts are injected with [`abort_next`] or [`abort_one_in`]. An injected abort happens
+//!   after the try-stores and before the commit, the worst place a real one can happen.
+//!
+//! Two threads injected with the same CPU id are like two threads time-sharing one CPU;
+//! changing a thread's id is a migration.
+
+use crate::ops::{private, Backend, BoundedStack, Outcome, SlotArray, SlotWord, LINK_LOCKED};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use crate::sync::Arc;
+use core::cell::Cell;
+use core::ptr::NonNull;
+
+struct SimThread {
+    cpu: Cell<Option<usize>>,
+    abort_next: Cell<u32>,
+    abort_one_in: Cell<u32>,
+    rng: Cell<u64>,
+}
+
+crate::sync::thread_local! {
+    static SIM_THREAD: SimThread = SimThread {
+        cpu: Cell::new(None),
+        abort_next: Cell::new(0),
+        abort_one_in: Cell::new(0),
+        rng: Cell::new(0x9E37_79B9_7F4A_7C15),
+    };
+}
+
+/// Run this thread's later simulated operations as if on `cpu` (`None`: no CPU).
+pub fn set_cpu(cpu: Option<usize>) {
+    SIM_THREAD.with(|t| t.cpu.set(cpu));
+}
+
+/// The CPU this thread is simulated on.
+pub fn cpu() -> Option<usize> {
+    SIM_THREAD.with(|t| t.cpu.get())
+}
+
+/// Abort this thread's next `count` simulated operations (after their try-stores).
+pub fn abort_next(count: u32) {
+    SIM_THREAD.with(|t| t.abort_next.set(count));
+}
+
+/// Abort about one in `n` of this thread's simulated operations, chosen by a generator seeded
+/// with `seed` (deterministic for a given seed). `n == 0` stops random aborts.
+pub fn abort_one_in(n: u32, seed: u64) {
+    SIM_THREAD.with(|t| {
+        t.abort_one_in.set(n);
+        t.rng.set(seed | 1);
+    });
+}
+
+fn should_abort() -> bool {
+    SIM_THREAD.with(|t| {
+        let pending = t.abort_next.get();
+        if pending > 0 {
+            t.abort_next.set(pending - 1);
+            return true;
+        }
+        let n = t.abort_one_in.get();
+        if n == 0 {
+            return false;
+        }
+        // xorshift64*: cheap, deterministic, good enough to scatter aborts.
+        let mut x = t.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        t.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % u64::from(n) == 0
+    })
+}
+
+/// A simulated machine with a fixed number of CPUs. Cheap to clone: clones share the machine.
+#[derive(Clone)]
+pub struct Simulated {
+    busy: Arc<Box<[AtomicBool]>>,
+}
+
+impl core::fmt::Debug for Simulated {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Simulated")
+            .field("cpus", &self.busy.len())
+            .finish()
+    }
+}
+
+impl Simulated {
+    /// A machine with `cpus` CPUs (slot indices `0..cpus`).
+    pub fn new(cpus: usize) -> Self {
+        Simulated {
+            busy: Arc::new((0..cpus).map(|_| AtomicBool::new(false)).collect()),
+        }
+    }
+
+    /// Run `op` as a critical section on this thread's simulated CPU. `op` gets the CPU and
+    /// whether to abort before its commit; it returns `None` when it aborted.
+    fn run<T>(&self, len: usize, op: impl FnOnce(usize, bool) -> Option<T>) -> Outcome<T> {
+        let Some(cpu) = cpu() else {
+            return Outcome::NoCpu;
+        };
+        if cpu >= len || cpu >= self.busy.len() {
+            return Outcome::NoCpu;
+        }
+        let busy = &self.busy[cpu];
+        while busy
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            crate::sync::spin_wait();
+        }
+        let result = op(cpu, should_abort());
+        busy.store(false, Ordering::Release);
+        match result {
+            Some(value) => Outcome::Completed { cpu, value },
+            None => Outcome::Aborted,
+        }
+    }
+
+    fn fence(&self, cpu: usize) {
+        if let Some(busy) = self.busy.get(cpu) {
+            while busy
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                crate::sync::spin_wait();
+            }
+            busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl private::Sealed for Simulated {}
+
+fn slot<'a, T>(slots: &SlotArray<'a, T>, cpu: usize) -> &'a T {
+    slots.get(cpu).expect("run() checked cpu < len")
+}
+
+impl Backend for Simulated {
+    fn slot_count(&self) -> usize {
+        self.busy.len()
+    }
+
+    fn current_cpu(&self) -> Option<usize> {
+        cpu().filter(|&c| c < self.busy.len())
+    }
+
+    fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
+        self.run(slots.len(), |cpu, abort| {
+            if abort {
+                return None;
+            }
+            let slot = slot(&slots, cpu);
+            slot.store(
+                slot.load(Ordering::Relaxed).wrapping_add(value),
+                Ordering::Relaxed,
+            );
+            Some(())
+        })
+    }
+
+    fn compare_and_store<W: SlotWord>(
+        &self,
+        slots: SlotArray<'_, W>,
+        expected: W::Value,
+        new: W::Value,
+    ) -> Outcome<Result<(), W::Value>> {
+        self.run(slots.len(), |cpu, abort| {
+            let slot = slot(&slots, cpu);
+            let seen = slot.sim_load();
+            if seen != expected {
+                return Some(Err(seen));
+            }
+            if abort {
+                return None;
+            }
+            slot.sim_store(new);
+            Some(Ok(()))
+        })
+    }
+
+    unsafe fn pop_linked(
+        &self,
+        heads: SlotArray<'_, AtomicPtr<u8>>,
+        next_offset: usize,
+    ) -> Outcome<Result<NonNull<u8>, *mut u8>> {
+        self.run(heads.len(), |cpu, abort| {
+            let head_slot = slot(&heads, cpu);
+            let head = head_slot.load(Ordering::Relaxed);
+            let Some(node) = NonNull::new(head).filter(|_| head.addr() & LINK_LOCKED == 0) else {
+                return Some(Err(head));
+            };
+            // SAFETY: the caller guarantees a listed node has an AtomicPtr at `next_offset`
+            // and stays allocated while listed; it is listed, since this CPU is busy.
+            let next = unsafe { &*node.as_ptr().add(next_offset).cast::<AtomicPtr<u8>>() }
+                .load(Ordering::Relaxed);
+            if abort {
+                return None;
+            }
+            head_slot.store(next, Ordering::Relaxed);
+            Some(Ok(node))
+        })
+    }
+
+    unsafe fn push_linked(
+        &self,
+        heads: SlotArray<'_, AtomicPtr<u8>>,
+        node: NonNull<u8>,
+        next_offset: usize,
+    ) -> Outcome<Result<(), *mut u8>> {
+        self.run(heads.len(), |cpu, abort| {
+            let head_slot = slot(&heads, cpu);
+            let head = head_slot.load(Ordering::Relaxed);
+            if head.addr() & LINK_LOCKED != 0 {
+                return Some(Err(head));
+            }
+            // SAFETY: the caller owns `node` and its next field until the push commits.
+            unsafe { &*node.as_ptr().add(next_offset).cast::<AtomicPtr<u8>>() }
+                .store(head, Ordering::Relaxed);
+            if abort {
+                return None;
+            }
+            // Release: the real section's commit is a release store on every architecture
+            // this crate supports.
+            head_slot.store(node.as_ptr(), Ordering::Release);
+            Some(Ok(()))
+        })
+    }
+
+    unsafe fn push_word(
+        &self,
+        stacks: SlotArray<'_, BoundedStack>,
+        item: *mut u8,
+    ) -> Outcome<Result<(), *mut u8>> {
+        self.run(stacks.len(), |cpu, abort| {
+            let stack = slot(&stacks, cpu);
+            let top = stack.top.load(Ordering::Relaxed);
+            if top.addr() >= stack.end.load(Ordering::Relaxed).addr() {
+                return Some(Err(item));
+            }
+            // SAFETY: the caller guarantees `[top, end)` is free word storage of this stack.
+            unsafe { &*top.cast::<AtomicPtr<u8>>() }.store(item, Ordering::Relaxed);
+            if abort {
+                return None;
+            }
+            stack
+                .top
+                .store(top.wrapping_add(size_of_word()), Ordering::Release);
+            Some(Ok(()))
+        })
+    }
+
+    unsafe fn pop_word(&self, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
+        self.run(stacks.len(), |cpu, abort| {
+            let stack = slot(&stacks, cpu);
+            let top = stack.top.load(Ordering::Relaxed);
+            if top.addr() <= stack.begin.load(Ordering::Relaxed).addr() {
+                return Some(None);
+            }
+            let newest = top.wrapping_sub(size_of_word());
+            // SAFETY: the caller guarantees `[begin, top)` holds this stack's items.
+            let item = unsafe { &*newest.cast::<AtomicPtr<u8>>() }.load(Ordering::Relaxed);
+            if abort {
+                return None;
+            }
+            stack.top.store(newest, Ordering::Relaxed);
+            Some(Some(item))
+        })
+    }
+
+    unsafe fn push_copy(&self, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
+        self.run(stacks.len(), |cpu, abort| {
+            let stack = slot(&stacks, cpu);
+            let top = stack.top.load(Ordering::Relaxed);
+            let end = stack.end.load(Ordering::Relaxed);
+            if end.addr().saturating_sub(top.addr()) < src.len() {
+                return Some(false);
+            }
+            // SAFETY: `[top, top + len)` is free storage of this stack (checked against
+            // `end`), and `src` cannot overlap it by the caller's contract.
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), top, src.len()) };
+            if abort {
+                return None;
+            }
+            stack
+                .top
+                .store(top.wrapping_add(src.len()), Ordering::Release);
+            Some(true)
+        })
+    }
+
+    unsafe fn pop_copy(
+        &self,
+        stacks: SlotArray<'_, BoundedStack>,
+        dst: &mut [u8],
+    ) -> Outcome<bool> {
+        self.run(stacks.len(), |cpu, abort| {
+            let stack = slot(&stacks, cpu);
+            let top = stack.top.load(Ordering::Relaxed);
+            let begin = stack.begin.load(Ordering::Relaxed);
+            if top.addr().saturating_sub(begin.addr()) < dst.len() {
+                return Some(false);
+            }
+            let record = top.wrapping_sub(dst.len());
+            // SAFETY: `[top - len, top)` holds this stack's newest record (checked against
+            // `begin`); `dst` is the caller's exclusive buffer.
+            unsafe { core::ptr::copy_nonoverlapping(record, dst.as_mut_ptr(), dst.len()) };
+            if abort {
+                return None;
+            }
+            stack.top.store(record, Ordering::Relaxed);
+            Some(true)
+        })
+    }
+
+    fn fence_cpu(&self, cpu: usize) -> Result<(), crate::Reason> {
+        self.fence(cpu);
+        Ok(())
+    }
+
+    fn fence_all(&self) -> Result<(), crate::Reason> {
+        (0..self.busy.len()).for_each(|cpu| self.fence(cpu));
+        Ok(())
+    }
+}
+
+const fn size_of_word() -> usize {
+    core::mem::size_of::<*mut u8>()
+}

@@ -1,0 +1,336 @@
+//! Each primitive against real rseq (or the fallback when unavailable), from many threads,
+//! with exact totals.
+
+use rseq_sys::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use rseq_sys::{Backend, BoundedStack, Outcome, Rseq, SlotArray};
+use std::collections::HashSet;
+use std::ptr::NonNull;
+
+const THREADS: usize = 8;
+
+fn backends() -> [Rseq; 2] {
+    [Rseq::CPU_ID, Rseq::CONCURRENCY_ID]
+}
+
+#[test]
+fn add_is_exact_across_threads() {
+    for rseq in backends() {
+        let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
+        let fallback = AtomicU64::new(0);
+        let per_thread = 200_000u64;
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for _ in 0..per_thread {
+                        loop {
+                            match rseq.add(SlotArray::from_slice(&slots), 1) {
+                                Outcome::Completed { cpu, .. } => {
+                                    assert!(cpu < slots.len());
+                                    break;
+                                }
+                                Outcome::Aborted => continue,
+                                Outcome::NoCpu => {
+                                    fallback.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let total: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>()
+            + fallback.load(Ordering::Relaxed);
+        assert_eq!(total, THREADS as u64 * per_thread, "{rseq:?}");
+        if rseq_sys::cpu_id().is_some() {
+            assert_eq!(
+                fallback.load(Ordering::Relaxed),
+                0,
+                "registered threads should not fall back"
+            );
+        }
+    }
+}
+
+#[test]
+fn add_reports_no_cpu_for_an_empty_array() {
+    let slots: [AtomicU64; 0] = [];
+    assert_eq!(
+        Rseq::CPU_ID.add(SlotArray::from_slice(&slots), 1),
+        Outcome::NoCpu
+    );
+}
+
+#[test]
+fn compare_and_store_declines_with_the_value_seen() {
+    let rseq = Rseq::CPU_ID;
+    let slots: Vec<AtomicUsize> = (0..rseq.slot_count())
+        .map(|_| AtomicUsize::new(7))
+        .collect();
+    loop {
+        match rseq.compare_and_store(SlotArray::from_slice(&slots), 3, 9) {
+            Outcome::Completed { value, .. } => {
+                assert_eq!(value, Err(7));
+                break;
+            }
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => return,
+        }
+    }
+    assert!(slots.iter().all(|s| s.load(Ordering::Relaxed) == 7));
+    loop {
+        match rseq.compare_and_store(SlotArray::from_slice(&slots), 7, 9) {
+            Outcome::Completed { cpu, value } => {
+                assert_eq!(value, Ok(()));
+                assert_eq!(slots[cpu].load(Ordering::Relaxed), 9);
+                break;
+            }
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => unreachable!("had a CPU a moment ago"),
+        }
+    }
+}
+
+#[repr(C, align(8))]
+struct Node {
+    next: AtomicPtr<u8>,
+    id: usize,
+}
+
+fn push(
+    rseq: Rseq,
+    heads: &[AtomicPtr<u8>],
+    node: NonNull<u8>,
+    fallback: &std::sync::Mutex<Vec<usize>>,
+) {
+    loop {
+        // SAFETY: every node on these lists is a leaked `Node` with `next` at offset 0.
+        match unsafe { rseq.push_linked(SlotArray::from_slice(heads), node, 0) } {
+            Outcome::Completed { value: Ok(()), .. } => return,
+            Outcome::Completed { value: Err(_), .. } => unreachable!("nobody locks these lists"),
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => {
+                fallback.lock().unwrap().push(node.as_ptr().addr());
+                return;
+            }
+        }
+    }
+}
+
+fn pop(rseq: Rseq, heads: &[AtomicPtr<u8>]) -> Option<Option<NonNull<u8>>> {
+    loop {
+        // SAFETY: as in `push`.
+        match unsafe { rseq.pop_linked(SlotArray::from_slice(heads), 0) } {
+            Outcome::Completed {
+                value: Ok(node), ..
+            } => return Some(Some(node)),
+            Outcome::Completed {
+                value: Err(head), ..
+            } => {
+                assert!(head.is_null());
+                return Some(None);
+            }
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => return None,
+        }
+    }
+}
+
+#[test]
+fn linked_push_pop_loses_and_duplicates_nothing() {
+    let rseq = Rseq::CPU_ID;
+    let heads: Vec<AtomicPtr<u8>> = (0..rseq.slot_count())
+        .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+        .collect();
+    let fallback = std::sync::Mutex::new(Vec::new());
+    let per_thread = 2_000;
+    let nodes: Vec<usize> = (0..THREADS * per_thread)
+        .map(|id| {
+            Box::into_raw(Box::new(Node {
+                next: AtomicPtr::new(std::ptr::null_mut()),
+                id,
+            })) as usize
+        })
+        .collect();
+    // Each thread pushes its nodes, then repeatedly pops one and pushes it back.
+    std::thread::scope(|s| {
+        for chunk in nodes.chunks(per_thread) {
+            let (heads, fallback) = (&heads, &fallback);
+            s.spawn(move || {
+                for &node in chunk {
+                    push(
+                        rseq,
+                        heads,
+                        NonNull::new(node as *mut u8).unwrap(),
+                        fallback,
+                    );
+                }
+                for _ in 0..50_000 {
+                    if let Some(Some(node)) = pop(rseq, heads) {
+                        push(rseq, heads, node, fallback);
+                    }
+                }
+            });
+        }
+    });
+    let mut seen = HashSet::new();
+    for head in &heads {
+        let mut node = head.load(Ordering::Acquire);
+        while !node.is_null() {
+            // SAFETY: every node is a live leaked `Node`.
+            let n = unsafe { &*node.cast::<Node>() };
+            assert!(seen.insert(n.id), "node {} listed twice", n.id);
+            node = n.next.load(Ordering::Relaxed);
+        }
+    }
+    for &node in fallback.lock().unwrap().iter() {
+        // SAFETY: as above.
+        assert!(seen.insert(unsafe { &*(node as *const Node) }.id));
+    }
+    assert_eq!(seen.len(), nodes.len());
+    for node in nodes {
+        // SAFETY: each node was leaked from a Box above and is no longer listed anywhere used.
+        drop(unsafe { Box::from_raw(node as *mut Node) });
+    }
+}
+
+struct Stacks {
+    headers: Vec<BoundedStack>,
+    _storage: Vec<Box<[AtomicPtr<u8>]>>,
+}
+
+fn stacks(cpus: usize, capacity: usize) -> Stacks {
+    let mut storage: Vec<Box<[AtomicPtr<u8>]>> = Vec::new();
+    let headers = (0..cpus)
+        .map(|_| {
+            let words: Box<[AtomicPtr<u8>]> = (0..capacity)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect();
+            let begin = words.as_ptr() as *mut u8;
+            let end = begin.wrapping_add(capacity * 8);
+            storage.push(words);
+            BoundedStack {
+                top: AtomicPtr::new(begin),
+                end: AtomicPtr::new(end),
+                begin: AtomicPtr::new(begin),
+            }
+        })
+        .collect();
+    Stacks {
+        headers,
+        _storage: storage,
+    }
+}
+
+#[test]
+fn bounded_words_fill_drain_and_hand_back() {
+    let rseq = Rseq::CPU_ID;
+    let capacity = 64;
+    let s = stacks(rseq.slot_count(), capacity);
+    let slots = SlotArray::from_slice(&s.headers);
+    // Pin to one CPU so the whole sequence runs on one stack.
+    let Some(_) = rseq_sys::cpu_id() else { return };
+    let mut pushed = Vec::new();
+    let mut handed_back = 0;
+    for i in 1..=capacity * 2 {
+        let item = std::ptr::without_provenance_mut::<u8>(i);
+        // SAFETY: the storage lives in `s` for the whole test.
+        match unsafe { rseq.push_word(slots, item) } {
+            Outcome::Completed { value: Ok(()), cpu } => pushed.push((cpu, i)),
+            Outcome::Completed {
+                value: Err(back), ..
+            } => {
+                assert_eq!(back, item);
+                handed_back += 1;
+            }
+            Outcome::Aborted | Outcome::NoCpu => {}
+        }
+    }
+    let mut popped = Vec::new();
+    loop {
+        // SAFETY: as above.
+        match unsafe { rseq.pop_word(slots) } {
+            Outcome::Completed {
+                value: Some(item),
+                cpu,
+            } => popped.push((cpu, item.addr())),
+            Outcome::Completed { value: None, .. } => {
+                // This CPU's stack is empty; others may hold items if we migrated.
+                if popped.len() == pushed.len() {
+                    break;
+                }
+                std::thread::yield_now();
+                if popped.len() + handed_back > capacity * 4 {
+                    break;
+                }
+            }
+            Outcome::Aborted => {}
+            Outcome::NoCpu => break,
+        }
+        if popped.len() == pushed.len() {
+            break;
+        }
+    }
+    let mut a: Vec<usize> = pushed.iter().map(|p| p.1).collect();
+    let mut b: Vec<usize> = popped.iter().map(|p| p.1).collect();
+    a.sort();
+    b.sort();
+    // Items still on other CPUs' stacks (after a migration) are drained directly.
+    for (cpu, header) in s.headers.iter().enumerate() {
+        let begin = header.begin.load(Ordering::Relaxed);
+        let top = header.top.load(Ordering::Relaxed);
+        let n = (top.addr() - begin.addr()) / 8;
+        for k in 0..n {
+            // SAFETY: `[begin, top)` holds pushed words; no section runs on them now.
+            let w = unsafe { &*begin.cast::<AtomicPtr<u8>>().add(k) }.load(Ordering::Relaxed);
+            let _ = cpu;
+            b.push(w.addr());
+        }
+    }
+    b.sort();
+    assert_eq!(a, b);
+    assert!(
+        handed_back > 0 || pushed.len() < capacity * 2,
+        "a full stack must hand items back"
+    );
+}
+
+#[test]
+fn copy_then_commit_round_trips_records() {
+    let rseq = Rseq::CPU_ID;
+    let s = stacks(rseq.slot_count(), 32);
+    let slots = SlotArray::from_slice(&s.headers);
+    let record = *b"0123456789abcdef-record";
+    let pushed = loop {
+        // SAFETY: the storage lives in `s`; records are 23 bytes, read back with 23 bytes.
+        match unsafe { rseq.push_copy(slots, &record) } {
+            Outcome::Completed { value, cpu } => break Some((value, cpu)),
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => break None,
+        }
+    };
+    let Some((true, cpu)) = pushed else { return };
+    let mut out = [0u8; 23];
+    loop {
+        // SAFETY: as above.
+        match unsafe { rseq.pop_copy(slots, &mut out) } {
+            Outcome::Completed {
+                value: true,
+                cpu: popped_on,
+            } => {
+                assert_eq!(popped_on, cpu);
+                assert_eq!(out, record);
+                break;
+            }
+            // Migrated since the push: read the record straight from the other stack.
+            Outcome::Completed { value: false, .. } | Outcome::NoCpu => {
+                let begin = s.headers[cpu].begin.load(Ordering::Relaxed);
+                // SAFETY: the record sits at `begin` of CPU `cpu`'s stack.
+                let stored = unsafe { std::slice::from_raw_parts(begin, 23) };
+                assert_eq!(stored, record);
+                break;
+            }
+            Outcome::Aborted => continue,
+        }
+    }
+}
