@@ -84,6 +84,8 @@ mod os;
 mod simulate;
 mod status;
 pub mod sync;
+#[cfg(all(feature = "testing", target_os = "linux"))]
+pub mod testing;
 
 pub use ops::{Backend, BoundedStack, IndexBy, Outcome, Rseq, SlotArray, SlotWord, LINK_LOCKED};
 pub use simulate::Simulated;

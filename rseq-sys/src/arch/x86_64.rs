@@ -45,7 +45,7 @@ macro_rules! critical_section {
             ".long 0x0, 0x0",
             ".quad 2f, (3f - 2f), 5f",
             ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"aw\"",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
             ".quad 4b",
             ".popsection",
             "lea {cpu}, [rip + 4b]",

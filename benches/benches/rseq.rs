@@ -1,0 +1,148 @@
+//! rseq-sys's per-CPU add against `AtomicU64::fetch_add(Relaxed)` and against a hand-written
+//! C rseq add, at 1, 2 and 8 threads; and the cost of the CPU-id lookup alone.
+//!
+//! Figures are per operation of aggregate throughput (see `percpu_benches::contended`).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use crossbeam_utils::CachePadded;
+use percpu_benches::contended;
+use rseq_sys::{Backend, Outcome, Rseq, SlotArray};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const THREADS: [usize; 3] = [1, 2, 8];
+
+/// One slot per CPU, each on its own cache line, plus the fallback counter.
+struct PerCpuSlots {
+    slots: Vec<CachePadded<AtomicU64>>,
+    fallback: CachePadded<AtomicU64>,
+}
+
+impl PerCpuSlots {
+    fn new() -> Self {
+        let slots = (0..Rseq::CPU_ID.slot_count())
+            .map(|_| CachePadded::new(AtomicU64::new(0)))
+            .collect();
+        PerCpuSlots {
+            slots,
+            fallback: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    #[inline(always)]
+    fn add(&self, value: u64) {
+        let slots = SlotArray::project(&self.slots, |s| &**s);
+        loop {
+            match Rseq::CPU_ID.add(slots, value) {
+                Outcome::Completed { .. } => return,
+                Outcome::Aborted => continue,
+                Outcome::NoCpu => {
+                    self.fallback.fetch_add(value, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(c_reference)]
+mod c_reference {
+    extern "C" {
+        pub fn percpu_c_rseq_add_loop(
+            slots: *mut u64,
+            stride: usize,
+            len: usize,
+            count: u64,
+            fallback: *mut u64,
+        ) -> u64;
+    }
+}
+
+fn add(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rseq/add");
+    for threads in THREADS {
+        let slots = PerCpuSlots::new();
+        group.bench_with_input(
+            BenchmarkId::new("rseq-sys", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    contended(threads, iters, |_| (), |_| slots.add(black_box(1)))
+                })
+            },
+        );
+        let atomic = CachePadded::new(AtomicU64::new(0));
+        group.bench_with_input(
+            BenchmarkId::new("AtomicU64::fetch_add", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    contended(
+                        threads,
+                        iters,
+                        |_| (),
+                        |_| {
+                            atomic.fetch_add(black_box(1), Ordering::Relaxed);
+                        },
+                    )
+                })
+            },
+        );
+        #[cfg(c_reference)]
+        {
+            let c_slots = PerCpuSlots::new();
+            group.bench_with_input(
+                BenchmarkId::new("hand-written C rseq", threads),
+                &threads,
+                |b, &threads| {
+                    b.iter_custom(|iters| {
+                        // The C loop runs all `iters` adds itself, so run one call per thread.
+                        contended(
+                            threads,
+                            1,
+                            |_| (),
+                            |_| {
+                                let base = c_slots.slots.as_ptr() as *mut u64;
+                                let stride = std::mem::size_of::<CachePadded<AtomicU64>>();
+                                // SAFETY: `base` points at `len` cache-padded AtomicU64 slots
+                                // `stride` bytes apart, live for the call; the C code touches
+                                // them only through rseq critical sections and the fallback
+                                // only with an atomic add.
+                                unsafe {
+                                    c_reference::percpu_c_rseq_add_loop(
+                                        base,
+                                        stride,
+                                        c_slots.slots.len(),
+                                        iters,
+                                        c_slots.fallback.as_ptr(),
+                                    );
+                                }
+                            },
+                        )
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn cpu_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rseq/cpu-lookup");
+    group.bench_function("Rseq::current_cpu", |b| {
+        b.iter(|| black_box(Rseq::CPU_ID.current_cpu()))
+    });
+    group.bench_function("sched_getcpu", |b| {
+        // SAFETY: sched_getcpu has no preconditions.
+        b.iter(|| black_box(unsafe { libc_sched_getcpu() }))
+    });
+    group.finish();
+}
+
+extern "C" {
+    #[link_name = "sched_getcpu"]
+    fn libc_sched_getcpu() -> i32;
+}
+
+criterion_group!(benches, add, cpu_lookup);
+criterion_main!(benches);

@@ -1,0 +1,191 @@
+//! Disturbance for stress tests, in the manner of the kernel's rseq selftests
+//! (`tools/testing/selftests/rseq/param_test.c`): while worker threads hammer a per-CPU
+//! structure, a disturber thread signals every worker about every 100 µs and moves workers
+//! between CPUs by changing their affinity. Both make critical sections abort, which is the
+//! path ordinary tests never reach.
+//!
+//! Only for tests (feature `testing`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Counts of what the disturber did, to show it ran.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Disturbed {
+    /// Signals delivered to workers.
+    pub signals: u64,
+    /// Affinity changes applied to workers.
+    pub migrations: u64,
+}
+
+struct Shared {
+    workers: Mutex<Vec<i32>>,
+    stop: AtomicBool,
+    signals: AtomicU64,
+    migrations: AtomicU64,
+}
+
+/// A running disturber. Workers call [`Disturber::enlist`] on their own thread; dropping or
+/// [`Disturber::stop`]ping ends it.
+pub struct Disturber {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+static HANDLER_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Async-signal-safe: one atomic increment.
+    HANDLER_SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The signal the disturber sends (its handler only counts).
+pub const SIGNAL: libc::c_int = libc::SIGUSR1;
+
+fn install_handler() {
+    // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C" fn(c_int)` that only
+    // does an atomic increment (async-signal-safe); SA_RESTART keeps interrupted syscalls
+    // in the test harness going.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(SIGNAL, &action, std::ptr::null_mut()),
+            0,
+            "sigaction failed"
+        );
+    }
+}
+
+fn current_tid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+fn set_affinity(tid: i32, cpus: &[usize]) -> bool {
+    // SAFETY: cpu_set_t is plain bits; all-zero is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` is below CPU_SETSIZE (checked by the caller's range).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: the size and pointer describe `set`; a vanished tid fails with ESRCH.
+    unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) == 0 }
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as in `set_affinity`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the size and pointer describe `set`.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return vec![0];
+    }
+    // SAFETY: `i` is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect()
+}
+
+impl Disturber {
+    /// Start disturbing every `period` (about 100 µs in the selftests).
+    pub fn start(period: Duration) -> Disturber {
+        install_handler();
+        let shared = Arc::new(Shared {
+            workers: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            signals: AtomicU64::new(0),
+            migrations: AtomicU64::new(0),
+        });
+        let cpus = allowed_cpus();
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                // SAFETY: getpid has no preconditions.
+                let pid = unsafe { libc::getpid() };
+                let mut round = 0usize;
+                while !shared.stop.load(Ordering::Relaxed) {
+                    let workers = shared.workers.lock().expect("disturber lock").clone();
+                    for (i, &tid) in workers.iter().enumerate() {
+                        // SAFETY: tgkill to a thread of this process with a signal whose
+                        // handler is installed; a tid that has exited fails with ESRCH.
+                        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, SIGNAL) } == 0 {
+                            shared.signals.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Every few rounds, pin each worker to one CPU, rotating, then free it.
+                        if round % 4 == 0 && cpus.len() > 1 {
+                            let mask = if (round / 4 + i) % 3 == 2 {
+                                cpus.clone()
+                            } else {
+                                vec![cpus[(round / 4 + i) % cpus.len()]]
+                            };
+                            if set_affinity(tid, &mask) {
+                                shared.migrations.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    round += 1;
+                    std::thread::sleep(period);
+                }
+                // Leave every surviving worker free to run anywhere.
+                for &tid in shared.workers.lock().expect("disturber lock").iter() {
+                    set_affinity(tid, &cpus);
+                }
+            })
+        };
+        Disturber {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Register the calling thread as a worker to disturb. Call [`Disturber::retire`] before
+    /// the thread exits.
+    pub fn enlist(&self) {
+        self.shared
+            .workers
+            .lock()
+            .expect("disturber lock")
+            .push(current_tid());
+    }
+
+    /// Stop disturbing the calling thread.
+    pub fn retire(&self) {
+        let tid = current_tid();
+        self.shared
+            .workers
+            .lock()
+            .expect("disturber lock")
+            .retain(|&t| t != tid);
+    }
+
+    /// Stop and report what was done.
+    pub fn stop(mut self) -> Disturbed {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Disturbed {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("disturber thread panicked");
+        }
+        Disturbed {
+            signals: self.shared.signals.load(Ordering::Relaxed),
+            migrations: self.shared.migrations.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Disturber {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Signals handled so far in this process (all disturbers).
+pub fn signals_handled() -> u64 {
+    HANDLER_SIGNALS.load(Ordering::Relaxed)
+}
