@@ -207,6 +207,13 @@ pub fn mm_cid() -> Option<u32> {
     os::read_field(abi::OFFSET_MM_CID)
 }
 
+/// Whether the current thread has a registered rseq area right now. Unlike [`cpu_id()`] this
+/// never registers it: a self-registering process reports `false` for a thread that has not
+/// used rseq yet, or whose last [`Registration`] guard dropped.
+pub fn is_registered() -> bool {
+    os::is_registered()
+}
+
 /// Why this thread has no rseq area although the process has an owner (for example `EBUSY`
 /// from a foreign registration on this thread).
 pub fn thread_failure() -> Option<Reason> {

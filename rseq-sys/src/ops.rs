@@ -551,3 +551,63 @@ cfg_if::cfg_if! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C)]
+    struct PerCpu {
+        hits: AtomicU64,
+        head: AtomicPtr<u8>,
+    }
+
+    fn records(n: usize) -> Vec<PerCpu> {
+        (0..n)
+            .map(|i| PerCpu {
+                hits: AtomicU64::new(i as u64),
+                head: AtomicPtr::new(core::ptr::null_mut()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn projection_reaches_each_elements_field() {
+        let cpus = records(4);
+        let hits = SlotArray::project(&cpus, |c| &c.hits);
+        assert_eq!(hits.len(), 4);
+        assert_eq!(hits.stride(), size_of::<PerCpu>());
+        for (cpu, slot) in hits.iter().enumerate() {
+            assert!(core::ptr::eq(slot, &cpus[cpu].hits));
+            assert_eq!(
+                slot.load(crate::sync::atomic::Ordering::Relaxed),
+                cpu as u64
+            );
+        }
+        assert!(hits.get(4).is_none());
+        let heads = SlotArray::project(&cpus, |c| &c.head);
+        assert!(core::ptr::eq(heads.get(3).unwrap(), &cpus[3].head));
+    }
+
+    #[test]
+    #[should_panic(expected = "fixed offset")]
+    fn projection_outside_the_element_is_refused() {
+        static ELSEWHERE: AtomicU64 = AtomicU64::new(0);
+        let cpus = records(2);
+        let _ = SlotArray::project(&cpus, |_| &ELSEWHERE);
+    }
+
+    #[test]
+    fn an_empty_projection_has_no_slots() {
+        let cpus = records(0);
+        let hits = SlotArray::project(&cpus, |c| &c.hits);
+        assert!(hits.is_empty());
+        assert_eq!(hits.iter().count(), 0);
+    }
+
+    #[test]
+    fn slot_word_bits_round_trip() {
+        assert_eq!(AtomicU64::from_bits(AtomicU64::to_bits(u64::MAX)), u64::MAX);
+        assert_eq!(AtomicUsize::from_bits(AtomicUsize::to_bits(12345)), 12345);
+    }
+}

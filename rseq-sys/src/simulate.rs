@@ -28,6 +28,8 @@ struct SimThread {
 }
 
 crate::sync::thread_local! {
+    // Not `const`: loom's `thread_local!` does not take a const initialiser.
+    #[allow(clippy::missing_const_for_thread_local)]
     static SIM_THREAD: SimThread = SimThread {
         cpu: Cell::new(None),
         abort_next: Cell::new(0),

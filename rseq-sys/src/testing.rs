@@ -116,7 +116,7 @@ impl Disturber {
                             shared.signals.fetch_add(1, Ordering::Relaxed);
                         }
                         // Every few rounds, pin each worker to one CPU, rotating, then free it.
-                        if round % 4 == 0 && cpus.len() > 1 {
+                        if round.is_multiple_of(4) && cpus.len() > 1 {
                             let mask = if (round / 4 + i) % 3 == 2 {
                                 cpus.clone()
                             } else {

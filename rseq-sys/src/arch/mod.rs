@@ -4,9 +4,5 @@ cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom)))] {
         mod x86_64;
         pub(crate) use x86_64::*;
-    } else {
-        /// Where a critical section would run; never constructed on this target.
-        #[derive(Clone, Copy)]
-        pub(crate) struct Section;
     }
 }

@@ -504,6 +504,24 @@ pub(crate) fn feature_size() -> u32 {
     }
 }
 
+/// Whether this thread has a registered area now, without registering it.
+pub(crate) fn is_registered() -> bool {
+    match OWNER.load(Ordering::Acquire) {
+        GLIBC => {
+            let area = arch::thread_pointer()
+                .wrapping_offset(GLIBC_OFFSET.load(Ordering::Relaxed))
+                .cast::<RseqArea>();
+            // SAFETY: glibc's area lives in every thread's TCB; volatile: the kernel writes it.
+            let cpu_id = unsafe { ptr::addr_of!((*area).cpu_id).read_volatile() };
+            (cpu_id as i32) >= 0
+        }
+        SELF => THREAD
+            .try_with(|thread| thread.state.get() == REGISTERED)
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
 /// Why this thread has no area although the process has an owner (self mode only).
 pub(crate) fn thread_failure() -> Option<Reason> {
     THREAD
@@ -697,4 +715,26 @@ pub(crate) fn fence(cpu: Option<usize>) -> Result<(), Reason> {
     result
         .map(drop)
         .map_err(|errno| reason_from_code(reason_code(errno), errno))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists_count_one_past_the_highest_cpu() {
+        assert_eq!(parse_cpu_list(b"0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list(b"0"), Some(1));
+        assert_eq!(parse_cpu_list(b"0-3,8,10-11\n"), Some(12));
+        assert_eq!(parse_cpu_list(b"5,0-2"), Some(6));
+    }
+
+    #[test]
+    fn malformed_cpu_lists_are_rejected() {
+        assert_eq!(parse_cpu_list(b""), None);
+        assert_eq!(parse_cpu_list(b"\n"), None);
+        assert_eq!(parse_cpu_list(b"0-"), None);
+        assert_eq!(parse_cpu_list(b"a-b"), None);
+        assert_eq!(parse_cpu_list(b"99999999999999999999999"), None);
+    }
 }

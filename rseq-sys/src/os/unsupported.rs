@@ -2,13 +2,7 @@
 //! critical sections yet, Miri and loom. Every operation reports no CPU, so every higher
 //! crate runs its fallback path.
 
-use crate::arch::Section;
-use crate::{IndexBy, Owner, Reason};
-
-#[inline(always)]
-pub(crate) fn current_section(_index: IndexBy) -> Option<Section> {
-    None
-}
+use crate::{Owner, Reason};
 
 pub(crate) fn owner() -> Owner {
     Owner::Unavailable(Reason::UnsupportedPlatform)
@@ -43,4 +37,8 @@ pub(crate) fn membarrier_rseq_ready() -> bool {
 pub(crate) fn fence(_cpu: Option<usize>) -> Result<(), Reason> {
     // No critical section can be running anywhere, so there is nothing to abort.
     Ok(())
+}
+
+pub(crate) fn is_registered() -> bool {
+    false
 }
