@@ -60,8 +60,8 @@ uint64_t percpu_c_rseq_add_loop(uint64_t *slots, size_t stride, size_t len, uint
     char *area = registered ? rseq_area() : 0;
     for (uint64_t i = 0; i < count; i++) {
         for (;;) {
-            int status = registered ? rseq_add_once(area, slots, stride, len, 1) : 2;
-            if (status == 0)
+            int status = __builtin_expect(registered, 1) ? rseq_add_once(area, slots, stride, len, 1) : 2;
+            if (__builtin_expect(status == 0, 1))
                 break;
             if (status == 2) {
                 __atomic_fetch_add(fallback, 1, __ATOMIC_RELAXED);

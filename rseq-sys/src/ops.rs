@@ -403,13 +403,18 @@ cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom)))] {
         use crate::arch::{self, ABORTED, COMPLETED, DECLINED, NO_CPU};
 
+        /// Aborts and "no CPU" are rare: marked cold, they stay off the straight line.
         #[inline(always)]
         fn outcome<T>(status: u32, cpu: usize, value: impl FnOnce(bool) -> T) -> Outcome<T> {
             match status {
                 COMPLETED => Outcome::Completed { cpu, value: value(false) },
                 DECLINED => Outcome::Completed { cpu, value: value(true) },
-                ABORTED => Outcome::Aborted,
+                ABORTED => {
+                    std::hint::cold_path();
+                    Outcome::Aborted
+                }
                 status => {
+                    std::hint::cold_path();
                     debug_assert_eq!(status, NO_CPU);
                     Outcome::NoCpu
                 }
@@ -423,83 +428,103 @@ cfg_if::cfg_if! {
 
             #[inline]
             fn current_cpu(&self) -> Option<usize> {
-                let section = crate::os::current_section(self.index)?;
-                // SAFETY: `index` points at a field of this thread's registered area; the
-                // kernel writes it asynchronously, hence volatile.
-                let id = unsafe { section.index.read_volatile() };
-                (id < self.slot_count() as u32).then_some(id as usize)
+                crate::os::current_index(self.index).filter(|&id| id < self.slot_count())
             }
 
             #[inline(always)]
             fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the section is this thread's; SlotArray guarantees `len` live,
-                // aligned AtomicU64 slots, which the section updates like a relaxed RMW.
-                let (status, cpu) = unsafe { arch::add(section, slots.raw(), value) };
-                outcome(status, cpu, |_| ())
+                let raw = slots.raw();
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the section is this thread's; SlotArray guarantees `len` live,
+                    // aligned AtomicU64 slots, which the section updates like a relaxed RMW.
+                    let (status, cpu) = unsafe { arch::add(section, raw, value) };
+                    outcome(status, cpu, |_| ())
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             fn compare_and_store<W: SlotWord>(&self, slots: SlotArray<'_, W>, expected: W::Value, new: W::Value) -> Outcome<Result<(), W::Value>> {
                 const { assert!(size_of::<W>() == 8) };
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: as for `add`, with 8-byte atomic slots (asserted above).
-                let (status, cpu, seen) = unsafe { arch::compare_and_store(section, slots.raw(), W::to_bits(expected), W::to_bits(new)) };
-                outcome(status, cpu, |declined| if declined { Err(W::from_bits(seen)) } else { Ok(()) })
+                let (raw, expected_bits, new_bits) = (slots.raw(), W::to_bits(expected), W::to_bits(new));
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: as for `add`, with 8-byte atomic slots (asserted above).
+                    let (status, cpu, seen) = unsafe { arch::compare_and_store(section, raw, expected_bits, new_bits) };
+                    outcome(status, cpu, |declined| if declined { Err(W::from_bits(seen)) } else { Ok(()) })
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             unsafe fn pop_linked(&self, heads: SlotArray<'_, AtomicPtr<u8>>, next_offset: usize) -> Outcome<Result<NonNull<u8>, *mut u8>> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the caller guarantees every listed node has a next field at
-                // `next_offset`; SlotArray guarantees the heads.
-                let (status, cpu, head) = unsafe { arch::pop_linked(section, heads.raw(), next_offset) };
-                outcome(status, cpu, |declined| match NonNull::new(head) {
-                    Some(node) if !declined => Ok(node),
-                    _ => Err(head),
+                let raw = heads.raw();
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the caller guarantees every listed node has a next field at
+                    // `next_offset`; SlotArray guarantees the heads.
+                    let (status, cpu, head) = unsafe { arch::pop_linked(section, raw, next_offset) };
+                    outcome(status, cpu, |declined| match NonNull::new(head) {
+                        Some(node) if !declined => Ok(node),
+                        _ => Err(head),
+                    })
                 })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             unsafe fn push_linked(&self, heads: SlotArray<'_, AtomicPtr<u8>>, node: NonNull<u8>, next_offset: usize) -> Outcome<Result<(), *mut u8>> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the caller owns `node` and its next field; SlotArray guarantees the
-                // heads.
-                let (status, cpu, head) = unsafe { arch::push_linked(section, heads.raw(), node.as_ptr(), next_offset) };
-                outcome(status, cpu, |declined| if declined { Err(head) } else { Ok(()) })
+                let raw = heads.raw();
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the caller owns `node` and its next field; SlotArray guarantees
+                    // the heads.
+                    let (status, cpu, head) = unsafe { arch::push_linked(section, raw, node.as_ptr(), next_offset) };
+                    outcome(status, cpu, |declined| if declined { Err(head) } else { Ok(()) })
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             unsafe fn push_word(&self, stacks: SlotArray<'_, BoundedStack>, item: *mut u8) -> Outcome<Result<(), *mut u8>> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the caller guarantees each stack's storage.
-                let (status, cpu) = unsafe { arch::push_word(section, stacks.raw(), item) };
-                outcome(status, cpu, |declined| if declined { Err(item) } else { Ok(()) })
+                let raw = stacks.raw();
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the caller guarantees each stack's storage.
+                    let (status, cpu) = unsafe { arch::push_word(section, raw, item) };
+                    outcome(status, cpu, |declined| if declined { Err(item) } else { Ok(()) })
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             unsafe fn pop_word(&self, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the caller guarantees each stack's storage.
-                let (status, cpu, item) = unsafe { arch::pop_word(section, stacks.raw()) };
-                outcome(status, cpu, |declined| (!declined).then_some(item))
+                let raw = stacks.raw();
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the caller guarantees each stack's storage.
+                    let (status, cpu, item) = unsafe { arch::pop_word(section, raw) };
+                    outcome(status, cpu, |declined| (!declined).then_some(item))
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             unsafe fn push_copy(&self, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the caller guarantees each stack's storage; `src` is a live slice.
-                let (status, cpu) = unsafe { arch::push_copy(section, stacks.raw(), src.as_ptr(), src.len()) };
-                outcome(status, cpu, |declined| !declined)
+                let raw = stacks.raw();
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the caller guarantees each stack's storage; `src` is a live slice.
+                    let (status, cpu) = unsafe { arch::push_copy(section, raw, src.as_ptr(), src.len()) };
+                    outcome(status, cpu, |declined| !declined)
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             #[inline(always)]
             unsafe fn pop_copy(&self, stacks: SlotArray<'_, BoundedStack>, dst: &mut [u8]) -> Outcome<bool> {
-                let Some(section) = crate::os::current_section(self.index) else { return Outcome::NoCpu };
-                // SAFETY: the caller guarantees each stack's storage; `dst` is a live,
-                // exclusive slice.
-                let (status, cpu) = unsafe { arch::pop_copy(section, stacks.raw(), dst.as_mut_ptr(), dst.len()) };
-                outcome(status, cpu, |declined| !declined)
+                let (raw, dst, size) = (stacks.raw(), dst.as_mut_ptr(), dst.len());
+                crate::os::run_in_section(self.index, |section| {
+                    // SAFETY: the caller guarantees each stack's storage; `dst` is a live,
+                    // exclusive slice.
+                    let (status, cpu) = unsafe { arch::pop_copy(section, raw, dst, size) };
+                    outcome(status, cpu, |declined| !declined)
+                })
+                .unwrap_or(Outcome::NoCpu)
             }
 
             fn fence_cpu(&self, cpu: usize) -> Result<(), crate::Reason> {
