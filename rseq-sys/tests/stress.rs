@@ -298,3 +298,200 @@ fn thread_churn_registers_and_releases_cleanly() {
         );
     }
 }
+
+/// A remote thief takes whole per-CPU lists with the lock-bit protocol: CAS the head from
+/// `h` to `h | LINK_LOCKED`, fence that CPU (membarrier aborts any section in flight there),
+/// re-check that the head is still `h | LINK_LOCKED` (else a section committed in between:
+/// give up this round), take the chain, release with a null head. Workers meanwhile push
+/// and pop, falling back to the shared list when a head is locked or there is no CPU.
+#[test]
+fn stealing_with_fences_loses_and_duplicates_nothing() {
+    let rseq = Rseq::CPU_ID;
+    let lists = Lists {
+        heads: (0..rseq.slot_count())
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect(),
+        fallback: Mutex::new(Vec::new()),
+    };
+    let tally = Tally::default();
+    let threads = 8;
+    let per_thread = 200;
+    let all: Vec<usize> = (0..threads * per_thread)
+        .map(|id| {
+            Box::into_raw(Box::new(Node {
+                next: AtomicPtr::new(std::ptr::null_mut()),
+                id,
+            }))
+            .expose_provenance()
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stolen_lists = AtomicU64::new(0);
+    let disturber = Disturber::start(PERIOD);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = all
+            .chunks(per_thread)
+            .map(|chunk| {
+                let (lists, tally, disturber) = (&lists, &tally, &disturber);
+                s.spawn(move || {
+                    disturber.enlist();
+                    for &node in chunk {
+                        lists.push_or_fall_back(
+                            NonNull::new(std::ptr::with_exposed_provenance_mut(node)).unwrap(),
+                            tally,
+                        );
+                    }
+                    let deadline = Instant::now() + Duration::from_millis(400);
+                    let mut held = Vec::new();
+                    let mut round = 0usize;
+                    while !round.is_multiple_of(256) || Instant::now() < deadline {
+                        round += 1;
+                        if let Some(node) = lists.pop_or_fall_back(tally) {
+                            held.push(node);
+                        }
+                        if round % 4 == 3 {
+                            for node in held.drain(..) {
+                                lists.push_or_fall_back(node, tally);
+                            }
+                        }
+                    }
+                    for node in held {
+                        lists.push_or_fall_back(node, tally);
+                    }
+                    disturber.retire();
+                })
+            })
+            .collect();
+        let thief = {
+            let (lists, stop, stolen_lists) = (&lists, &stop, &stolen_lists);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for cpu in 0..lists.heads.len() {
+                        if let Some(chain) = steal(rseq, &lists.heads[cpu], cpu) {
+                            stolen_lists.fetch_add(1, Ordering::Relaxed);
+                            let mut fallback = lists.fallback.lock().unwrap();
+                            let mut node = chain;
+                            let mut taken = 0;
+                            while !node.is_null() {
+                                taken += 1;
+                                assert!(taken <= threads * per_thread, "the stolen chain has a cycle: a section committed into a stolen list");
+                                fallback.push(node.expose_provenance());
+                                // SAFETY: the thief owns the stolen chain; every node is live.
+                                node = unsafe { &*node.cast::<Node>() }
+                                    .next
+                                    .load(Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        thief.join().unwrap();
+    });
+    disturber.stop();
+    let mut seen = HashSet::new();
+    for head in &lists.heads {
+        let mut node = head.load(Ordering::Acquire);
+        assert_eq!(
+            node.addr() & rseq_sys::LINK_LOCKED,
+            0,
+            "a head was left locked"
+        );
+        while !node.is_null() {
+            // SAFETY: every listed node is a live leaked `Node`.
+            let n = unsafe { &*node.cast::<Node>() };
+            assert!(seen.insert(n.id), "node {} is listed twice", n.id);
+            node = n.next.load(Ordering::Relaxed);
+        }
+    }
+    for &addr in lists.fallback.lock().unwrap().iter() {
+        // SAFETY: as above.
+        let n = unsafe { &*std::ptr::with_exposed_provenance::<Node>(addr) };
+        assert!(seen.insert(n.id), "node {} is listed twice", n.id);
+    }
+    assert_eq!(seen.len(), all.len(), "nodes were lost");
+    if rseq_sys::cpu_id().is_some() {
+        assert!(
+            stolen_lists.load(Ordering::Relaxed) > 0,
+            "the thief never stole a list"
+        );
+    }
+    eprintln!(
+        "steal: {} lists stolen, {} aborts, {} fallbacks",
+        stolen_lists.load(Ordering::Relaxed),
+        tally.aborted.load(Ordering::Relaxed),
+        tally.fell_back.load(Ordering::Relaxed)
+    );
+    for addr in all {
+        // SAFETY: each node came from Box::into_raw above and no list is used any more.
+        drop(unsafe { Box::from_raw(std::ptr::with_exposed_provenance_mut::<Node>(addr)) });
+    }
+}
+
+/// The thief's side of the protocol for CPU `cpu`'s list. Returns the stolen chain.
+fn steal(rseq: Rseq, head: &AtomicPtr<u8>, cpu: usize) -> Option<*mut u8> {
+    let seen = head.load(Ordering::Acquire);
+    if seen.is_null() || seen.addr() & rseq_sys::LINK_LOCKED != 0 {
+        return None;
+    }
+    let locked = seen.map_addr(|a| a | rseq_sys::LINK_LOCKED);
+    head.compare_exchange(seen, locked, Ordering::Acquire, Ordering::Relaxed)
+        .ok()?;
+    rseq.fence_cpu(cpu).expect("membarrier fence");
+    if head.load(Ordering::Acquire) != locked {
+        // A section that read `seen` before the CAS committed after it: the list is the
+        // committer's and consistent; our lock was overwritten, nothing to undo.
+        return None;
+    }
+    // Owned: every later section on `cpu` sees the lock bit and declines.
+    head.store(std::ptr::null_mut(), Ordering::Release);
+    Some(seen)
+}
+
+impl Lists {
+    fn push_or_fall_back(&self, node: NonNull<u8>, tally: &Tally) {
+        loop {
+            // SAFETY: as in `push`.
+            match unsafe { Rseq::CPU_ID.push_linked(SlotArray::from_slice(&self.heads), node, 0) } {
+                Outcome::Completed { value: Ok(()), .. } => return,
+                Outcome::Aborted => {
+                    tally.aborted.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Completed { value: Err(_), .. } | Outcome::NoCpu => {
+                    tally.fell_back.fetch_add(1, Ordering::Relaxed);
+                    self.fallback
+                        .lock()
+                        .unwrap()
+                        .push(node.as_ptr().expose_provenance());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pop_or_fall_back(&self, tally: &Tally) -> Option<NonNull<u8>> {
+        loop {
+            // SAFETY: as in `push`.
+            match unsafe { Rseq::CPU_ID.pop_linked(SlotArray::from_slice(&self.heads), 0) } {
+                Outcome::Completed {
+                    value: Ok(node), ..
+                } => return Some(node),
+                Outcome::Completed { value: Err(_), .. } => break,
+                Outcome::Aborted => {
+                    tally.aborted.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::NoCpu => {
+                    tally.fell_back.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let addr = self.fallback.lock().unwrap().pop()?;
+        NonNull::new(std::ptr::with_exposed_provenance_mut(addr))
+    }
+}
