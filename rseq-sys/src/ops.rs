@@ -185,11 +185,12 @@ fn byte_offset<E, T>(element: &E, field: &T) -> usize {
 }
 
 /// One CPU's bounded stack: `begin <= top <= end` delimit its storage; `[begin, top)` holds
-/// the items. Per-CPU pushes fail when full, pops when empty.
+/// the items. Per-CPU pushes decline when `top == end`, pops when `top == begin`.
 ///
-/// A remote owner can stop the per-CPU operations on a stack by setting `end` to `begin`
-/// (pushes then decline) and `begin` to `end`'s old value... see the queue and allocator
-/// crates for the protocols; rseq-sys only runs the sections.
+/// A remote owner stops the per-CPU operations on a stack by moving `begin` and `end` to
+/// `top` (both checks then decline), fencing the stack's CPU, and re-reading `top`: if it
+/// changed, a section committed in between and the stop must be retried. While stopped, the
+/// owner may move items and storage freely; restoring `begin`/`end` restarts the stack.
 #[repr(C)]
 #[derive(Debug)]
 pub struct BoundedStack {
