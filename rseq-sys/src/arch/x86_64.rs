@@ -49,9 +49,9 @@ macro_rules! critical_section {
             ".quad 4b",
             ".popsection",
             "lea {cpu}, [rip + 4b]",
-            "mov qword ptr [{area} + 8], {cpu}",
+            "mov qword ptr fs:[{area} + 8], {cpu}",
             "2:",
-            "mov {cpu:e}, dword ptr [{index}]",
+            "mov {cpu:e}, dword ptr fs:[{index}]",
             "cmp {cpu}, {len}",
             "jae 6f",
             $($body,)*
@@ -82,11 +82,58 @@ macro_rules! critical_section {
     };
 }
 
-/// Where a critical section runs: the thread's area and the index field inside it.
+/// Where a critical section runs, as offsets from the thread pointer: the thread's area and
+/// the index field inside it. Sections address them `fs:`-relative, which saves loading the
+/// thread pointer and forming addresses on every operation.
 #[derive(Clone, Copy)]
 pub(crate) struct Section {
-    pub(crate) area: *mut RseqArea,
-    pub(crate) index: *const u32,
+    pub(crate) area: isize,
+    pub(crate) index: isize,
+}
+
+impl Section {
+    /// The section of the calling thread whose area is at `area`, indexed by the field at
+    /// `field` bytes into it.
+    #[inline(always)]
+    pub(crate) fn of_area(area: *mut RseqArea, field: usize) -> Section {
+        let area = area.addr().wrapping_sub(thread_pointer().addr()) as isize;
+        Section {
+            area,
+            index: area.wrapping_add(field as isize),
+        }
+    }
+
+    /// The section at `offset` from the thread pointer (glibc's `__rseq_offset`).
+    #[inline(always)]
+    pub(crate) fn at_offset(offset: isize, field: usize) -> Section {
+        Section {
+            area: offset,
+            index: offset.wrapping_add(field as isize),
+        }
+    }
+
+    /// A 4-byte kernel-written field of the area, read once (volatile: the kernel writes it
+    /// asynchronously).
+    ///
+    /// # Safety
+    /// `self` describes the calling thread's registered area and `offset` a 4-byte field
+    /// inside it.
+    #[inline(always)]
+    pub(crate) unsafe fn read_field(self, offset: usize) -> u32 {
+        let value: u32;
+        // SAFETY: by the caller's contract `fs:[area + offset]` is a field of this thread's
+        // area; a plain 4-byte load, like the kernel ABI's volatile reads.
+        unsafe {
+            asm!(
+                "mov {value:e}, dword ptr fs:[{area} + {offset}]",
+                area = in(reg) self.area,
+                offset = in(reg) offset,
+                value = out(reg) value,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+        value
+    }
 }
 
 /// Per-CPU slots: slot `c` is at `base + c * stride`, for `c < len`.

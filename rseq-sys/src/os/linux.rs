@@ -387,9 +387,8 @@ unsafe extern "C" fn thread_exit(_: *mut c_void) {
 /// lazily in self mode. `None`: no rseq, or negative.
 pub(crate) fn current_index(index: IndexBy) -> Option<usize> {
     run_in_section(index, |section| {
-        // SAFETY: `section.index` points at a field of this thread's registered area; the
-        // kernel writes it asynchronously, hence volatile.
-        unsafe { section.index.read_volatile() }
+        // SAFETY: the section is this thread's registered area and its index field is inside.
+        unsafe { section.read_field((section.index - section.area) as usize) }
     })
     .filter(|&id| (id as i32) >= 0)
     .map(|id| id as usize)
@@ -404,25 +403,18 @@ pub(crate) fn current_index(index: IndexBy) -> Option<usize> {
 pub(crate) fn run_in_section<R>(index: IndexBy, op: impl Fn(Section) -> R) -> Option<R> {
     let offset = GLIBC_OFFSET.load(Ordering::Relaxed);
     if offset != NOT_GLIBC {
-        let area = arch::thread_pointer()
-            .wrapping_offset(offset)
-            .cast::<RseqArea>();
-        return Some(op(section_at(area, index)));
+        return Some(op(Section::at_offset(offset, index_field(index))));
     }
     std::hint::cold_path();
     let area = self_registered_area()?;
-    Some(op(section_at(area, index)))
+    Some(op(Section::of_area(area, index_field(index))))
 }
 
 #[inline(always)]
-fn section_at(area: *mut RseqArea, index: IndexBy) -> Section {
-    let field = match index {
+fn index_field(index: IndexBy) -> usize {
+    match index {
         IndexBy::CpuId => abi::OFFSET_CPU_ID,
         IndexBy::ConcurrencyId => CONCURRENCY_ID_OFFSET.load(Ordering::Relaxed),
-    };
-    Section {
-        area,
-        index: area.cast::<u8>().wrapping_add(field).cast::<u32>(),
     }
 }
 
@@ -565,16 +557,9 @@ pub(crate) fn read_field(offset: usize) -> Option<u32> {
         return None;
     }
     run_in_section(IndexBy::CpuId, |section| {
-        // SAFETY: the area is this thread's registered area and `offset` names a 4-byte field
-        // inside the feature size; volatile because the kernel writes it asynchronously.
-        unsafe {
-            section
-                .area
-                .cast::<u8>()
-                .add(offset)
-                .cast::<u32>()
-                .read_volatile()
-        }
+        // SAFETY: the section is this thread's registered area and `offset` names a 4-byte
+        // field inside the feature size.
+        unsafe { section.read_field(offset) }
     })
 }
 
