@@ -1,5 +1,6 @@
-//! rseq-sys's per-CPU add against `AtomicU64::fetch_add(Relaxed)` and against a hand-written
-//! C rseq add, at 1, 2 and 8 threads; and the cost of the CPU-id lookup alone.
+//! rseq-sys's per-CPU add (looked up per operation, and pinned to the thread's section once)
+//! against `AtomicU64::fetch_add(Relaxed)` and against a hand-written C rseq add, at 1, 2 and
+//! 8 threads; and the cost of the CPU-id lookup alone.
 //!
 //! Figures are per operation of aggregate throughput (see `percpu_benches::contended`).
 
@@ -45,6 +46,24 @@ impl PerCpuSlots {
     }
 }
 
+impl PerCpuSlots {
+    /// The same add with the thread's section found once, before the loop.
+    #[inline(always)]
+    fn add_pinned(&self, pinned: Option<&rseq_sys::PinnedRseq>, value: u64) {
+        let slots = SlotArray::project(&self.slots, |s| &**s);
+        if let Some(pinned) = pinned {
+            loop {
+                match pinned.add(slots, value) {
+                    Outcome::Completed { .. } => return,
+                    Outcome::Aborted => continue,
+                    Outcome::NoCpu => break,
+                }
+            }
+        }
+        self.fallback.fetch_add(value, Ordering::Relaxed);
+    }
+}
+
 #[cfg(c_reference)]
 mod c_reference {
     extern "C" {
@@ -71,6 +90,17 @@ fn add(c: &mut Criterion) {
                 })
             },
         );
+        let pinned_slots = PerCpuSlots::new();
+        group.bench_with_input(BenchmarkId::new("rseq-sys pinned", threads), &threads, |b, &threads| {
+            b.iter_custom(|iters| {
+                contended(
+                    threads,
+                    iters,
+                    |_| Rseq::CPU_ID.pin(),
+                    |pinned| pinned_slots.add_pinned(pinned.as_ref(), black_box(1)),
+                )
+            })
+        });
         let atomic = CachePadded::new(AtomicU64::new(0));
         group.bench_with_input(
             BenchmarkId::new("AtomicU64::fetch_add", threads),

@@ -79,6 +79,7 @@
 
 pub mod abi;
 mod arch;
+mod hardware;
 mod ops;
 mod os;
 mod simulate;
@@ -87,7 +88,8 @@ pub mod sync;
 #[cfg(all(feature = "testing", target_os = "linux"))]
 pub mod testing;
 
-pub use ops::{Backend, BoundedStack, IndexBy, Outcome, Rseq, SlotArray, SlotWord, LINK_LOCKED};
+pub use hardware::{PinnedRseq, Rseq};
+pub use ops::{Backend, BoundedStack, IndexBy, Outcome, SlotArray, SlotWord, LINK_LOCKED};
 pub use simulate::Simulated;
 pub use status::{status, Status};
 

@@ -334,3 +334,56 @@ fn copy_then_commit_round_trips_records() {
         }
     }
 }
+
+#[test]
+fn pinned_adds_are_exact_across_threads() {
+    let rseq = Rseq::CPU_ID;
+    let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
+    let fallback = AtomicU64::new(0);
+    let per_thread = 200_000u64;
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                let pinned = rseq.pin();
+                assert_eq!(pinned.is_some(), rseq_sys::cpu_id().is_some());
+                for _ in 0..per_thread {
+                    let outcome = loop {
+                        let outcome = match &pinned {
+                            Some(pinned) => pinned.add(SlotArray::from_slice(&slots), 1),
+                            None => Outcome::NoCpu,
+                        };
+                        if outcome != Outcome::Aborted {
+                            break outcome;
+                        }
+                    };
+                    if outcome == Outcome::NoCpu {
+                        fallback.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let total: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>()
+        + fallback.load(Ordering::Relaxed);
+    assert_eq!(total, THREADS as u64 * per_thread);
+}
+
+#[test]
+fn a_pinned_handle_outliving_its_registration_never_writes() {
+    std::thread::spawn(|| {
+        if rseq_sys::owner() != rseq_sys::Owner::SelfRegistered {
+            return;
+        }
+        let slots: Vec<AtomicU64> = (0..Rseq::CPU_ID.slot_count())
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        let guard = rseq_sys::Registration::acquire().expect("register");
+        let pinned = Rseq::CPU_ID.pin().expect("registered thread");
+        drop(guard);
+        assert!(!rseq_sys::is_registered());
+        assert_eq!(pinned.add(SlotArray::from_slice(&slots), 1), Outcome::NoCpu);
+        assert!(slots.iter().all(|s| s.load(Ordering::Relaxed) == 0));
+    })
+    .join()
+    .unwrap();
+}

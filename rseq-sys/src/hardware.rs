@@ -1,0 +1,422 @@
+//! The hardware backend: real rseq critical sections, looked up per operation ([`Rseq`]) or
+//! once for a stretch of work on one thread ([`PinnedRseq`]).
+
+use crate::ops::{private, Backend, BoundedStack, IndexBy, Outcome, SlotArray, SlotWord};
+use crate::sync::atomic::{AtomicPtr, AtomicU64};
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+/// Real rseq critical sections. Indexed by [`IndexBy::CpuId`] unless built with
+/// [`Rseq::CONCURRENCY_ID`].
+///
+/// Each operation finds the calling thread's area (one load and a test under glibc). For a
+/// hot loop on one thread, [`Rseq::pin`] finds it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rseq {
+    index: IndexBy,
+}
+
+impl Default for Rseq {
+    fn default() -> Self {
+        Rseq::CPU_ID
+    }
+}
+
+impl Rseq {
+    /// Slots indexed by `cpu_id`.
+    pub const CPU_ID: Rseq = Rseq {
+        index: IndexBy::CpuId,
+    };
+    /// Slots indexed by `mm_cid` where promised (see [`IndexBy::ConcurrencyId`]).
+    pub const CONCURRENCY_ID: Rseq = Rseq {
+        index: IndexBy::ConcurrencyId,
+    };
+
+    /// The field this backend indexes by.
+    pub const fn index_by(&self) -> IndexBy {
+        self.index
+    }
+
+    /// This thread's section, found once: `None` when this thread has no rseq (every
+    /// operation would report [`Outcome::NoCpu`]).
+    ///
+    /// ```
+    /// use rseq_sys::{Backend, Outcome, Rseq, SlotArray};
+    /// use std::sync::atomic::AtomicU64;
+    ///
+    /// let slots: Vec<AtomicU64> = (0..Rseq::CPU_ID.slot_count()).map(|_| AtomicU64::new(0)).collect();
+    /// if let Some(pinned) = Rseq::CPU_ID.pin() {
+    ///     for _ in 0..1000 {
+    ///         while pinned.add(SlotArray::from_slice(&slots), 1) == Outcome::Aborted {}
+    ///     }
+    /// }
+    /// ```
+    #[inline]
+    pub fn pin(&self) -> Option<PinnedRseq> {
+        imp::pin(self.index)
+    }
+}
+
+/// [`Rseq`] with the calling thread's section found once. Not `Send`: it describes this
+/// thread's rseq area.
+///
+/// If the thread's registration ends while a handle lives (the last
+/// [`Registration`](crate::Registration) guard of a self-registered thread drops), its
+/// `cpu_id` reads "unregistered" and every operation reports [`Outcome::NoCpu`]: never a
+/// write to a slot.
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedRseq {
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom))),
+        allow(dead_code)
+    )]
+    section: imp::Pinned,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl private::Sealed for Rseq {}
+
+macro_rules! forward_to_sections {
+    () => {
+        /// [`Backend::add`] on this thread's section.
+        #[inline(always)]
+        pub fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
+            imp::add(self.section, slots, value)
+        }
+
+        /// [`Backend::compare_and_store`] on this thread's section.
+        #[inline(always)]
+        pub fn compare_and_store<W: SlotWord>(
+            &self,
+            slots: SlotArray<'_, W>,
+            expected: W::Value,
+            new: W::Value,
+        ) -> Outcome<Result<(), W::Value>> {
+            imp::compare_and_store(self.section, slots, expected, new)
+        }
+
+        /// [`Backend::pop_linked`] on this thread's section.
+        ///
+        /// # Safety
+        /// As for [`Backend::pop_linked`].
+        #[inline(always)]
+        pub unsafe fn pop_linked(
+            &self,
+            heads: SlotArray<'_, AtomicPtr<u8>>,
+            next_offset: usize,
+        ) -> Outcome<Result<NonNull<u8>, *mut u8>> {
+            // SAFETY: the caller upholds `Backend::pop_linked`'s contract.
+            unsafe { imp::pop_linked(self.section, heads, next_offset) }
+        }
+
+        /// [`Backend::push_linked`] on this thread's section.
+        ///
+        /// # Safety
+        /// As for [`Backend::push_linked`].
+        #[inline(always)]
+        pub unsafe fn push_linked(
+            &self,
+            heads: SlotArray<'_, AtomicPtr<u8>>,
+            node: NonNull<u8>,
+            next_offset: usize,
+        ) -> Outcome<Result<(), *mut u8>> {
+            // SAFETY: the caller upholds `Backend::push_linked`'s contract.
+            unsafe { imp::push_linked(self.section, heads, node, next_offset) }
+        }
+
+        /// [`Backend::push_word`] on this thread's section.
+        ///
+        /// # Safety
+        /// As for [`Backend::push_word`].
+        #[inline(always)]
+        pub unsafe fn push_word(
+            &self,
+            stacks: SlotArray<'_, BoundedStack>,
+            item: *mut u8,
+        ) -> Outcome<Result<(), *mut u8>> {
+            // SAFETY: the caller upholds `Backend::push_word`'s contract.
+            unsafe { imp::push_word(self.section, stacks, item) }
+        }
+
+        /// [`Backend::pop_word`] on this thread's section.
+        ///
+        /// # Safety
+        /// As for [`Backend::pop_word`].
+        #[inline(always)]
+        pub unsafe fn pop_word(
+            &self,
+            stacks: SlotArray<'_, BoundedStack>,
+        ) -> Outcome<Option<*mut u8>> {
+            // SAFETY: the caller upholds `Backend::pop_word`'s contract.
+            unsafe { imp::pop_word(self.section, stacks) }
+        }
+    };
+}
+
+impl PinnedRseq {
+    forward_to_sections!();
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom)))] {
+        mod imp {
+            use super::*;
+            use crate::arch::{self, Section, ABORTED, COMPLETED, DECLINED, NO_CPU};
+
+            pub(super) type Pinned = Section;
+
+            pub(super) fn pin(index: IndexBy) -> Option<PinnedRseq> {
+                crate::os::run_in_section(index, |section| PinnedRseq { section, _not_send: PhantomData })
+            }
+
+            /// Aborts and "no CPU" are rare: marked cold, they stay off the straight line.
+            #[inline(always)]
+            fn outcome<T>(status: u32, cpu: usize, value: impl FnOnce(bool) -> T) -> Outcome<T> {
+                match status {
+                    COMPLETED => Outcome::Completed { cpu, value: value(false) },
+                    DECLINED => Outcome::Completed { cpu, value: value(true) },
+                    ABORTED => {
+                        std::hint::cold_path();
+                        Outcome::Aborted
+                    }
+                    status => {
+                        std::hint::cold_path();
+                        debug_assert_eq!(status, NO_CPU);
+                        Outcome::NoCpu
+                    }
+                }
+            }
+
+            #[inline(always)]
+            pub(super) fn add(section: Section, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
+                // SAFETY: the section is this thread's; SlotArray guarantees `len` live,
+                // aligned AtomicU64 slots, which the section updates like a relaxed RMW.
+                let (status, cpu) = unsafe { arch::add(section, slots.raw(), value) };
+                outcome(status, cpu, |_| ())
+            }
+
+            #[inline(always)]
+            pub(super) fn compare_and_store<W: SlotWord>(section: Section, slots: SlotArray<'_, W>, expected: W::Value, new: W::Value) -> Outcome<Result<(), W::Value>> {
+                const { assert!(core::mem::size_of::<W>() == 8) };
+                // SAFETY: as for `add`, with 8-byte atomic slots (asserted above).
+                let (status, cpu, seen) = unsafe { arch::compare_and_store(section, slots.raw(), W::to_bits(expected), W::to_bits(new)) };
+                outcome(status, cpu, |declined| if declined { Err(W::from_bits(seen)) } else { Ok(()) })
+            }
+
+            /// # Safety
+            /// As for [`Backend::pop_linked`].
+            #[inline(always)]
+            pub(super) unsafe fn pop_linked(section: Section, heads: SlotArray<'_, AtomicPtr<u8>>, next_offset: usize) -> Outcome<Result<NonNull<u8>, *mut u8>> {
+                // SAFETY: the caller guarantees every listed node has a next field at
+                // `next_offset`; SlotArray guarantees the heads.
+                let (status, cpu, head) = unsafe { arch::pop_linked(section, heads.raw(), next_offset) };
+                outcome(status, cpu, |declined| match NonNull::new(head) {
+                    Some(node) if !declined => Ok(node),
+                    _ => Err(head),
+                })
+            }
+
+            /// # Safety
+            /// As for [`Backend::push_linked`].
+            #[inline(always)]
+            pub(super) unsafe fn push_linked(section: Section, heads: SlotArray<'_, AtomicPtr<u8>>, node: NonNull<u8>, next_offset: usize) -> Outcome<Result<(), *mut u8>> {
+                // SAFETY: the caller owns `node` and its next field; SlotArray guarantees the
+                // heads.
+                let (status, cpu, head) = unsafe { arch::push_linked(section, heads.raw(), node.as_ptr(), next_offset) };
+                outcome(status, cpu, |declined| if declined { Err(head) } else { Ok(()) })
+            }
+
+            /// # Safety
+            /// As for [`Backend::push_word`].
+            #[inline(always)]
+            pub(super) unsafe fn push_word(section: Section, stacks: SlotArray<'_, BoundedStack>, item: *mut u8) -> Outcome<Result<(), *mut u8>> {
+                // SAFETY: the caller guarantees each stack's storage.
+                let (status, cpu) = unsafe { arch::push_word(section, stacks.raw(), item) };
+                outcome(status, cpu, |declined| if declined { Err(item) } else { Ok(()) })
+            }
+
+            /// # Safety
+            /// As for [`Backend::pop_word`].
+            #[inline(always)]
+            pub(super) unsafe fn pop_word(section: Section, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
+                // SAFETY: the caller guarantees each stack's storage.
+                let (status, cpu, item) = unsafe { arch::pop_word(section, stacks.raw()) };
+                outcome(status, cpu, |declined| (!declined).then_some(item))
+            }
+
+            /// # Safety
+            /// As for [`Backend::push_copy`].
+            #[inline(always)]
+            pub(super) unsafe fn push_copy(section: Section, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
+                // SAFETY: the caller guarantees each stack's storage; `src` is a live slice.
+                let (status, cpu) = unsafe { arch::push_copy(section, stacks.raw(), src.as_ptr(), src.len()) };
+                outcome(status, cpu, |declined| !declined)
+            }
+
+            /// # Safety
+            /// As for [`Backend::pop_copy`].
+            #[inline(always)]
+            pub(super) unsafe fn pop_copy(section: Section, stacks: SlotArray<'_, BoundedStack>, dst: &mut [u8]) -> Outcome<bool> {
+                // SAFETY: the caller guarantees each stack's storage; `dst` is a live,
+                // exclusive slice.
+                let (status, cpu) = unsafe { arch::pop_copy(section, stacks.raw(), dst.as_mut_ptr(), dst.len()) };
+                outcome(status, cpu, |declined| !declined)
+            }
+
+            /// Run `op` on this thread's section, or report no CPU.
+            #[inline(always)]
+            pub(super) fn per_operation<T>(index: IndexBy, op: impl Fn(Section) -> Outcome<T>) -> Outcome<T> {
+                crate::os::run_in_section(index, op).unwrap_or(Outcome::NoCpu)
+            }
+
+            pub(super) fn current_cpu(index: IndexBy) -> Option<usize> {
+                crate::os::current_index(index)
+            }
+        }
+    } else {
+        mod imp {
+            use super::*;
+
+            /// No section exists on this target; a `PinnedRseq` is never built.
+            #[derive(Debug, Clone, Copy)]
+            pub(super) enum Pinned {}
+
+            pub(super) fn pin(_: IndexBy) -> Option<PinnedRseq> {
+                None
+            }
+            pub(super) fn add(section: Pinned, _: SlotArray<'_, AtomicU64>, _: u64) -> Outcome<()> {
+                match section {}
+            }
+            pub(super) fn compare_and_store<W: SlotWord>(section: Pinned, _: SlotArray<'_, W>, _: W::Value, _: W::Value) -> Outcome<Result<(), W::Value>> {
+                match section {}
+            }
+            pub(super) unsafe fn pop_linked(section: Pinned, _: SlotArray<'_, AtomicPtr<u8>>, _: usize) -> Outcome<Result<NonNull<u8>, *mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn push_linked(section: Pinned, _: SlotArray<'_, AtomicPtr<u8>>, _: NonNull<u8>, _: usize) -> Outcome<Result<(), *mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn push_word(section: Pinned, _: SlotArray<'_, BoundedStack>, _: *mut u8) -> Outcome<Result<(), *mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn push_copy(section: Pinned, _: SlotArray<'_, BoundedStack>, _: &[u8]) -> Outcome<bool> {
+                match section {}
+            }
+            pub(super) unsafe fn pop_copy(section: Pinned, _: SlotArray<'_, BoundedStack>, _: &mut [u8]) -> Outcome<bool> {
+                match section {}
+            }
+            pub(super) fn per_operation<T>(_: IndexBy, _: impl Fn(Pinned) -> Outcome<T>) -> Outcome<T> {
+                Outcome::NoCpu
+            }
+            pub(super) fn current_cpu(_: IndexBy) -> Option<usize> {
+                None
+            }
+        }
+    }
+}
+
+impl Backend for Rseq {
+    fn slot_count(&self) -> usize {
+        crate::possible_cpus()
+    }
+
+    #[inline]
+    fn current_cpu(&self) -> Option<usize> {
+        imp::current_cpu(self.index).filter(|&id| id < self.slot_count())
+    }
+
+    #[inline(always)]
+    fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
+        imp::per_operation(self.index, |section| imp::add(section, slots, value))
+    }
+
+    #[inline(always)]
+    fn compare_and_store<W: SlotWord>(
+        &self,
+        slots: SlotArray<'_, W>,
+        expected: W::Value,
+        new: W::Value,
+    ) -> Outcome<Result<(), W::Value>> {
+        imp::per_operation(self.index, |section| {
+            imp::compare_and_store(section, slots, expected, new)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn pop_linked(
+        &self,
+        heads: SlotArray<'_, AtomicPtr<u8>>,
+        next_offset: usize,
+    ) -> Outcome<Result<NonNull<u8>, *mut u8>> {
+        // SAFETY: the caller upholds this method's contract, which is `imp::pop_linked`'s.
+        imp::per_operation(self.index, |section| unsafe {
+            imp::pop_linked(section, heads, next_offset)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn push_linked(
+        &self,
+        heads: SlotArray<'_, AtomicPtr<u8>>,
+        node: NonNull<u8>,
+        next_offset: usize,
+    ) -> Outcome<Result<(), *mut u8>> {
+        // SAFETY: the caller upholds this method's contract, which is `imp::push_linked`'s.
+        imp::per_operation(self.index, |section| unsafe {
+            imp::push_linked(section, heads, node, next_offset)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn push_word(
+        &self,
+        stacks: SlotArray<'_, BoundedStack>,
+        item: *mut u8,
+    ) -> Outcome<Result<(), *mut u8>> {
+        // SAFETY: the caller upholds this method's contract, which is `imp::push_word`'s.
+        imp::per_operation(self.index, |section| unsafe {
+            imp::push_word(section, stacks, item)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn pop_word(&self, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
+        // SAFETY: the caller upholds this method's contract, which is `imp::pop_word`'s.
+        imp::per_operation(self.index, |section| unsafe {
+            imp::pop_word(section, stacks)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn push_copy(&self, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
+        // SAFETY: the caller upholds this method's contract, which is `imp::push_copy`'s.
+        imp::per_operation(self.index, |section| unsafe {
+            imp::push_copy(section, stacks, src)
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn pop_copy(
+        &self,
+        stacks: SlotArray<'_, BoundedStack>,
+        dst: &mut [u8],
+    ) -> Outcome<bool> {
+        let (ptr, len) = (dst.as_mut_ptr(), dst.len());
+        imp::per_operation(self.index, |section| {
+            // SAFETY: the caller upholds this method's contract; `ptr`/`len` describe the
+            // caller's exclusive `dst`, re-borrowed for this one call (the closure runs once).
+            unsafe { imp::pop_copy(section, stacks, core::slice::from_raw_parts_mut(ptr, len)) }
+        })
+    }
+
+    fn fence_cpu(&self, cpu: usize) -> Result<(), crate::Reason> {
+        crate::os::fence(Some(cpu))
+    }
+
+    fn fence_all(&self) -> Result<(), crate::Reason> {
+        crate::os::fence(None)
+    }
+}
