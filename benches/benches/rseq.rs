@@ -30,9 +30,13 @@ impl PerCpuSlots {
         }
     }
 
+    /// The slots as a `SlotArray`, built once per benchmark (projection checks every slot).
+    fn view(&self) -> SlotArray<'_, AtomicU64> {
+        SlotArray::project(&self.slots, |s| &**s)
+    }
+
     #[inline(always)]
-    fn add(&self, value: u64) {
-        let slots = SlotArray::project(&self.slots, |s| &**s);
+    fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) {
         loop {
             match Rseq::CPU_ID.add(slots, value) {
                 Outcome::Completed { .. } => return,
@@ -49,8 +53,12 @@ impl PerCpuSlots {
 impl PerCpuSlots {
     /// The same add with the thread's section found once, before the loop.
     #[inline(always)]
-    fn add_pinned(&self, pinned: Option<&rseq_sys::PinnedRseq>, value: u64) {
-        let slots = SlotArray::project(&self.slots, |s| &**s);
+    fn add_pinned(
+        &self,
+        slots: SlotArray<'_, AtomicU64>,
+        pinned: Option<&rseq_sys::PinnedRseq>,
+        value: u64,
+    ) {
         if let Some(pinned) = pinned {
             loop {
                 match pinned.add(slots, value) {
@@ -81,26 +89,34 @@ fn add(c: &mut Criterion) {
     let mut group = c.benchmark_group("rseq/add");
     for threads in THREADS {
         let slots = PerCpuSlots::new();
+        let view = slots.view();
         group.bench_with_input(
             BenchmarkId::new("rseq-sys", threads),
             &threads,
             |b, &threads| {
                 b.iter_custom(|iters| {
-                    contended(threads, iters, |_| (), |_| slots.add(black_box(1)))
+                    contended(threads, iters, |_| (), |_| slots.add(view, black_box(1)))
                 })
             },
         );
         let pinned_slots = PerCpuSlots::new();
-        group.bench_with_input(BenchmarkId::new("rseq-sys pinned", threads), &threads, |b, &threads| {
-            b.iter_custom(|iters| {
-                contended(
-                    threads,
-                    iters,
-                    |_| Rseq::CPU_ID.pin(),
-                    |pinned| pinned_slots.add_pinned(pinned.as_ref(), black_box(1)),
-                )
-            })
-        });
+        let pinned_view = pinned_slots.view();
+        group.bench_with_input(
+            BenchmarkId::new("rseq-sys pinned", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    contended(
+                        threads,
+                        iters,
+                        |_| Rseq::CPU_ID.pin(),
+                        |pinned| {
+                            pinned_slots.add_pinned(pinned_view, pinned.as_ref(), black_box(1))
+                        },
+                    )
+                })
+            },
+        );
         let atomic = CachePadded::new(AtomicU64::new(0));
         group.bench_with_input(
             BenchmarkId::new("AtomicU64::fetch_add", threads),

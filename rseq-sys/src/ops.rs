@@ -93,6 +93,10 @@ impl<'a, T> SlotArray<'a, T> {
     /// Each element of `elements` is one CPU's record, and `field` picks its slot (usually a
     /// field projection such as `|cpu| &cpu.head`).
     ///
+    /// This checks every element (O(`elements.len()`)): build the array once, outside hot
+    /// loops, and copy it (it is `Copy`). Structures that rebuild their view on every
+    /// operation should use [`SlotArray::from_raw_parts`] with a layout they control.
+    ///
     /// # Panics
     /// If `field` does not return a `T` inside each element at one same offset.
     pub fn project<E>(elements: &'a [E], field: impl Fn(&E) -> &T) -> Self {
