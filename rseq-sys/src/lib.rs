@@ -187,6 +187,7 @@ pub fn feature_size() -> u32 {
 
 /// The number of possible CPUs (the kernel's `nr_cpu_ids`): per-CPU arrays indexed by
 /// `cpu_id` or `mm_cid` need this many slots.
+#[inline]
 pub fn possible_cpus() -> usize {
     os::possible_cpus()
 }

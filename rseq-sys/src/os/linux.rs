@@ -563,6 +563,7 @@ pub(crate) fn read_field(offset: usize) -> Option<u32> {
     })
 }
 
+#[inline]
 pub(crate) fn possible_cpus() -> usize {
     let _ = owner_state();
     match POSSIBLE_CPUS.load(Ordering::Relaxed) {
