@@ -413,7 +413,11 @@ impl Backend for Rseq {
     }
 
     fn fence_cpu(&self, cpu: usize) -> Result<(), crate::Reason> {
-        crate::os::fence(Some(cpu))
+        match self.index {
+            IndexBy::CpuId => crate::os::fence(Some(cpu)),
+            // A concurrency id is not a CPU: the slot's owner may run anywhere.
+            IndexBy::ConcurrencyId => crate::os::fence(None),
+        }
     }
 
     fn fence_all(&self) -> Result<(), crate::Reason> {

@@ -367,6 +367,7 @@ pub trait Backend: Clone + Send + Sync + core::fmt::Debug + private::Sealed {
 
     /// Make slot `cpu`'s owner safe to touch from here: abort and wait out any critical section
     /// running on it, and order everything before the fence before every later section there.
+    /// Under [`IndexBy::ConcurrencyId`] a slot is not a CPU, so [`Rseq`](crate::Rseq) fences every CPU.
     fn fence_cpu(&self, cpu: usize) -> Result<(), crate::Reason>;
 
     /// [`Backend::fence_cpu`] for every CPU at once.

@@ -198,7 +198,7 @@ impl Backend for Simulated {
     ) -> Outcome<Result<NonNull<u8>, *mut u8>> {
         self.run(heads.len(), |cpu, abort| {
             let head_slot = slot(&heads, cpu);
-            let head = head_slot.load(Ordering::Relaxed);
+            let head = head_slot.load(Ordering::Acquire);
             let Some(node) = NonNull::new(head).filter(|_| head.addr() & LINK_LOCKED == 0) else {
                 return Some(Err(head));
             };
@@ -209,7 +209,7 @@ impl Backend for Simulated {
             if abort {
                 return None;
             }
-            head_slot.store(next, Ordering::Relaxed);
+            commit(head_slot, next);
             Some(Ok(node))
         })
     }
@@ -222,7 +222,7 @@ impl Backend for Simulated {
     ) -> Outcome<Result<(), *mut u8>> {
         self.run(heads.len(), |cpu, abort| {
             let head_slot = slot(&heads, cpu);
-            let head = head_slot.load(Ordering::Relaxed);
+            let head = head_slot.load(Ordering::Acquire);
             if head.addr() & LINK_LOCKED != 0 {
                 return Some(Err(head));
             }
@@ -232,9 +232,7 @@ impl Backend for Simulated {
             if abort {
                 return None;
             }
-            // Release: the real section's commit is a release store on every architecture
-            // this crate supports.
-            head_slot.store(node.as_ptr(), Ordering::Release);
+            commit(head_slot, node.as_ptr());
             Some(Ok(()))
         })
     }
@@ -246,7 +244,7 @@ impl Backend for Simulated {
     ) -> Outcome<Result<(), *mut u8>> {
         self.run(stacks.len(), |cpu, abort| {
             let stack = slot(&stacks, cpu);
-            let top = stack.top.load(Ordering::Relaxed);
+            let top = stack.top.load(Ordering::Acquire);
             if top.addr() >= stack.end.load(Ordering::Relaxed).addr() {
                 return Some(Err(item));
             }
@@ -255,9 +253,7 @@ impl Backend for Simulated {
             if abort {
                 return None;
             }
-            stack
-                .top
-                .store(top.wrapping_add(size_of_word()), Ordering::Release);
+            commit(&stack.top, top.wrapping_add(size_of_word()));
             Some(Ok(()))
         })
     }
@@ -265,7 +261,7 @@ impl Backend for Simulated {
     unsafe fn pop_word(&self, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
         self.run(stacks.len(), |cpu, abort| {
             let stack = slot(&stacks, cpu);
-            let top = stack.top.load(Ordering::Relaxed);
+            let top = stack.top.load(Ordering::Acquire);
             if top.addr() <= stack.begin.load(Ordering::Relaxed).addr() {
                 return Some(None);
             }
@@ -275,7 +271,7 @@ impl Backend for Simulated {
             if abort {
                 return None;
             }
-            stack.top.store(newest, Ordering::Relaxed);
+            commit(&stack.top, newest);
             Some(Some(item))
         })
     }
@@ -283,7 +279,7 @@ impl Backend for Simulated {
     unsafe fn push_copy(&self, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
         self.run(stacks.len(), |cpu, abort| {
             let stack = slot(&stacks, cpu);
-            let top = stack.top.load(Ordering::Relaxed);
+            let top = stack.top.load(Ordering::Acquire);
             let end = stack.end.load(Ordering::Relaxed);
             if end.addr().saturating_sub(top.addr()) < src.len() {
                 return Some(false);
@@ -294,9 +290,7 @@ impl Backend for Simulated {
             if abort {
                 return None;
             }
-            stack
-                .top
-                .store(top.wrapping_add(src.len()), Ordering::Release);
+            commit(&stack.top, top.wrapping_add(src.len()));
             Some(true)
         })
     }
@@ -308,7 +302,7 @@ impl Backend for Simulated {
     ) -> Outcome<bool> {
         self.run(stacks.len(), |cpu, abort| {
             let stack = slot(&stacks, cpu);
-            let top = stack.top.load(Ordering::Relaxed);
+            let top = stack.top.load(Ordering::Acquire);
             let begin = stack.begin.load(Ordering::Relaxed);
             if top.addr().saturating_sub(begin.addr()) < dst.len() {
                 return Some(false);
@@ -320,7 +314,7 @@ impl Backend for Simulated {
             if abort {
                 return None;
             }
-            stack.top.store(record, Ordering::Relaxed);
+            commit(&stack.top, record);
             Some(true)
         })
     }
@@ -336,6 +330,16 @@ impl Backend for Simulated {
     }
 }
 
+/// The stride of word storage: an `AtomicPtr<u8>` (8 bytes natively; larger under loom,
+/// where only the simulator runs).
 const fn size_of_word() -> usize {
-    core::mem::size_of::<*mut u8>()
+    core::mem::size_of::<AtomicPtr<u8>>()
+}
+
+/// A commit: one store that wins or loses against a remote owner's compare-and-swap as a
+/// whole. Written as a swap because loom orders a plain store after a concurrent CAS it
+/// never observed in ways no CPU can, and so would invent executions in which a thief's lock
+/// bit survives a committed section. Release, like the real commit on x86_64.
+fn commit(slot: &AtomicPtr<u8>, value: *mut u8) {
+    slot.swap(value, Ordering::AcqRel);
 }
