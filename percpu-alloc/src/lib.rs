@@ -1,1 +1,255 @@
-//! placeholder
+//! A tcmalloc-style per-CPU memory allocator on Linux restartable sequences, usable as the
+//! `#[global_allocator]` with one line.
+//!
+//! ```
+//! use percpu_alloc::PerCpuAlloc;
+//!
+//! #[global_allocator]
+//! static ALLOC: PerCpuAlloc = PerCpuAlloc::new();
+//!
+//! let v: Vec<u64> = (0..1000).collect();
+//! let s = format!("{} items", v.len());
+//! assert_eq!(s, "1000 items");
+//! let stats = percpu_alloc::stats();
+//! assert!(stats.in_use_bytes >= 1000 * 8);
+//! assert!(stats.mapped_bytes >= stats.in_use_bytes);
+//! ```
+//!
+//! # Design
+//!
+//! Four layers, each a module with its own contract:
+//!
+//! - **Size classes** ([`size_class`](crate)): 104 classes from 8 bytes to 256 KiB, found by
+//!   one table lookup (`(size + 7) / 8` up to 1 KiB, `(size + 127) / 128` above). Waste is
+//!   below 12.5% for every request over 56 bytes and under 8 bytes below. Alignment up to
+//!   4 KiB is served from the classes (a request is rounded to its alignment first; the
+//!   class found is then a multiple of it, and spans are 64 KiB-aligned).
+//! - **Front end** (`front`): one region per rseq slot, indexed by `mm_cid` where the
+//!   kernel promises it (dense: few regions touched when few threads run) else by `cpu_id`
+//!   ([`rseq_sys::Rseq::CONCURRENCY_ID`]). Per class a `BoundedStack` header and an array of
+//!   object pointers: allocation is one `pop_word` critical section, free one `push_word`,
+//!   each with one committing store. An empty stack is refilled with a batch from the
+//!   transfer cache (pushed one by one, since the thread may migrate meanwhile; what does
+//!   not fit goes back); a full one is drained by a batch of pops.
+//! - **Middle** (`transfer`, `central`): per class a transfer cache (a fixed array of
+//!   pointers under a spin lock) that moves batches between CPUs, backed by a central free
+//!   list (objects linked through their first word, plus a bump range over the newest span
+//!   so fresh spans are never touched before use).
+//! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
+//!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
+//!   size class (small spans) or mapped length (large allocations), so `dealloc` needs no
+//!   size, and [`PerCpuAlloc::usable_size`] and `realloc` work. Requests over 256 KiB or
+//!   aligned beyond 4 KiB get their own mapping (alignment by over-reserving and trimming,
+//!   any power of two up to what the address space allows, 1 GiB included); `realloc` of
+//!   such blocks uses `mremap`. The page size is read at run time.
+//!
+//! Metadata never comes from the global allocator: the pagemap root and the transfer and
+//! central lists are statics, everything else is mmap'd. The spin locks are held only
+//! around code that does not allocate, so an allocation on the same thread (a signal
+//! handler aside: `malloc` is not async-signal-safe either) never finds its own lock held.
+//! There is no thread-local storage of ours at all; rseq-sys's per-thread lookup is
+//! allocation-free and does not use initial-exec TLS.
+//!
+//! # Invariant
+//!
+//! Every free object is in exactly one place: a CPU's stack, a transfer cache, a central
+//! free list, or an unused bump range. Per-CPU stacks are written only by committed rseq
+//! critical sections on their own slot (headers are set up before the regions are
+//! published); everything else moves objects under a lock.
+//!
+//! # Without rseq
+//!
+//! When a thread has no CPU (rseq unavailable: old kernel, seccomp, valgrind,
+//! `PERCPU_NO_RSEQ=1`; early in a thread or while it exits; or before the per-CPU regions
+//! exist) each allocation and free goes straight to the transfer cache and the central list
+//! under their spin locks: correct, slower, and no per-CPU slot is touched. When rseq is
+//! unavailable for the whole process the per-CPU regions are never mapped.
+//!
+//! # Not yet
+//!
+//! Small-object spans are never returned to the system (freed objects are reused, memory
+//! stays mapped); per-CPU caches do not shrink or rebalance; no `Allocator` impl; the
+//! statistics use relaxed atomics and locks rather than percpu-counter.
+
+mod central;
+mod front;
+mod os;
+mod page_heap;
+mod pagemap;
+mod size_class;
+mod spin;
+mod transfer;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{self, NonNull};
+use pagemap::Entry;
+use size_class::CLASSES;
+
+/// The allocator. All instances share one process-wide heap, so it is only a handle: put
+/// one in a `#[global_allocator]` static, or call it directly.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PerCpuAlloc {
+    _private: (),
+}
+
+impl PerCpuAlloc {
+    /// A handle to the process-wide heap.
+    pub const fn new() -> Self {
+        PerCpuAlloc { _private: () }
+    }
+
+    /// The usable size of the block at `ptr` (at least the size it was requested with), or
+    /// `None` when `ptr` is not the start of a block this allocator handed out (for small
+    /// objects, any address inside one of its spans answers with that span's class size;
+    /// the answer is meaningful only for live blocks).
+    pub fn usable_size(ptr: *const u8) -> Option<usize> {
+        match pagemap::get(ptr as usize) {
+            Entry::Small(class) => Some(CLASSES[class].size),
+            Entry::Large(len) => Some(len),
+            Entry::None => None,
+        }
+    }
+}
+
+/// Stop the process: the allocator cannot keep its books (out of memory for metadata in
+/// the middle of an operation that cannot be undone).
+#[cold]
+fn abort_out_of_metadata() -> ! {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
+fn alloc_layout(layout: Layout) -> *mut u8 {
+    match size_class::class_for(layout.size(), layout.align()) {
+        Some(class) => front::alloc(class),
+        None => page_heap::alloc_large(layout.size(), layout.align())
+            .map_or(ptr::null_mut(), NonNull::as_ptr),
+    }
+}
+
+// SAFETY: `alloc` returns null or a block of at least `layout.size()` bytes aligned to
+// `layout.align()` (class sizes are multiples of the rounded alignment inside 64 KiB-aligned
+// spans; large blocks are mapped at that alignment) that no other live allocation overlaps
+// (every free object is in exactly one place, see the crate invariant). `dealloc` and
+// `realloc` find the block's class or length in the pagemap.
+unsafe impl GlobalAlloc for PerCpuAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        alloc_layout(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match size_class::class_for(layout.size(), layout.align()) {
+            Some(class) => {
+                let p = front::alloc(class);
+                if !p.is_null() {
+                    // SAFETY: `p` is a fresh block of at least `layout.size()` bytes.
+                    unsafe { p.write_bytes(0, layout.size()) };
+                }
+                p
+            }
+            // Fresh mappings are zero already.
+            None => page_heap::alloc_large(layout.size(), layout.align())
+                .map_or(ptr::null_mut(), NonNull::as_ptr),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match pagemap::get(ptr as usize) {
+            Entry::Small(class) => {
+                debug_assert!(CLASSES[class].size >= layout.size());
+                // SAFETY: the caller hands back a live block this allocator returned; the
+                // pagemap says it is an object of `class`.
+                unsafe { front::free(class, ptr) }
+            }
+            Entry::Large(len) => {
+                debug_assert!(len >= layout.size());
+                // SAFETY: as above; a large block starts its mapping of `len` bytes.
+                unsafe { page_heap::free_large(NonNull::new_unchecked(ptr), len) }
+            }
+            // Not ours: the caller broke the contract; leaking is the only safe answer.
+            Entry::None => {
+                debug_assert!(false, "dealloc of a pointer this allocator never returned")
+            }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        match pagemap::get(ptr as usize) {
+            Entry::Small(class) => {
+                if size_class::class_for(new_size, align) == Some(class) {
+                    return ptr;
+                }
+            }
+            Entry::Large(len) => {
+                if align <= os::page_size() && new_size > size_class::MAX_SMALL {
+                    // SAFETY: the caller hands over a live large block of mapped length `len`.
+                    return unsafe {
+                        page_heap::realloc_large(NonNull::new_unchecked(ptr), len, new_size)
+                    }
+                    .map_or(ptr::null_mut(), NonNull::as_ptr);
+                }
+            }
+            Entry::None => {}
+        }
+        let Ok(new_layout) = Layout::from_size_align(new_size, align) else {
+            return ptr::null_mut();
+        };
+        let new = alloc_layout(new_layout);
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least `min(old, new)` bytes long.
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
+    }
+}
+
+/// A snapshot of the allocator's memory. Read from relaxed atomics and brief lock holds
+/// while other threads run, so the parts need not add up exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes in blocks handed out and not freed (small blocks at their class size, large
+    /// ones at their mapped length).
+    pub in_use_bytes: usize,
+    /// Free bytes cached in per-CPU stacks.
+    pub per_cpu_cache_bytes: usize,
+    /// Free bytes in the transfer caches.
+    pub transfer_cache_bytes: usize,
+    /// Free bytes on the central free lists (not counting never-used parts of spans).
+    pub central_bytes: usize,
+    /// Bytes of large allocations currently mapped.
+    pub large_bytes: usize,
+    /// Bytes of address space this allocator has mapped (spans, large blocks, metadata).
+    pub mapped_bytes: usize,
+    /// The whole process's resident set (`/proc/self/statm`), when readable.
+    pub process_resident_bytes: Option<usize>,
+    /// Whether the per-CPU caches are running (rseq available and set up).
+    pub per_cpu_active: bool,
+}
+
+/// Read the allocator's statistics. Allocation-free.
+pub fn stats() -> Stats {
+    let mut s = Stats::default();
+    let mut small_in_use = 0usize;
+    for (class, info) in CLASSES.iter().enumerate() {
+        let size = info.size;
+        let cached = front::cached(class);
+        let transferring = transfer::count(class);
+        let (carved, free) = central::counts(class);
+        s.per_cpu_cache_bytes += cached * size;
+        s.transfer_cache_bytes += transferring * size;
+        s.central_bytes += free * size;
+        small_in_use += carved.saturating_sub(cached + transferring + free) * size;
+    }
+    s.large_bytes = page_heap::large_bytes();
+    s.in_use_bytes = small_in_use + s.large_bytes;
+    s.mapped_bytes = os::mapped_bytes();
+    s.process_resident_bytes = os::process_resident_bytes();
+    s.per_cpu_active = front::is_active();
+    s
+}

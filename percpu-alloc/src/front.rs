@@ -1,0 +1,270 @@
+//! The front end: per-CPU caches on rseq.
+//!
+//! One region per slot of [`Rseq::CONCURRENCY_ID`] (indexed by `mm_cid` where the kernel
+//! promises it, else by `cpu_id`), mapped once for all slots. A region starts with one
+//! [`BoundedStack`] header per size class, followed by each class's array of object
+//! pointers. Allocation is one `pop_word` critical section, free one `push_word`: a single
+//! committing store each.
+//!
+//! Slow paths: an empty stack is refilled with a batch from the transfer cache, pushed one
+//! object at a time (the thread may migrate while refilling; each push lands on whichever
+//! CPU it runs on, and what does not fit goes back). A full stack is drained by a batch of
+//! pops, handed to the transfer cache. With no CPU (`Outcome::NoCpu`), or before the regions
+//! exist, both go straight to the transfer cache: no per-CPU slot is touched by a plain
+//! store, ever (DESIGN invariant 1). Headers are written only while the regions are private
+//! to the initialising thread, before they are published with release.
+
+use crate::os;
+use crate::size_class::{CLASSES, NUM_CLASSES};
+use crate::transfer;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use rseq_sys::{Backend, BoundedStack, Outcome, Rseq, SlotArray};
+
+const BACKEND: Rseq = Rseq::CONCURRENCY_ID;
+const MAX_BATCH: usize = 32;
+
+const UNINIT: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+const DISABLED: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static BASE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+static STRIDE: AtomicUsize = AtomicUsize::new(0);
+static SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+const HEADER_BYTES: usize = core::mem::size_of::<BoundedStack>();
+const HEADERS_BYTES: usize = NUM_CLASSES * HEADER_BYTES;
+
+/// Byte offset of each class's pointer array inside a region, and the region's size.
+const fn layout() -> ([usize; NUM_CLASSES], usize) {
+    let mut offsets = [0; NUM_CLASSES];
+    let mut at = HEADERS_BYTES;
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        offsets[i] = at;
+        at += CLASSES_CAPACITY[i] * 8;
+        i += 1;
+    }
+    (offsets, at)
+}
+
+const CLASSES_CAPACITY: [usize; NUM_CLASSES] = {
+    let classes = crate::size_class::CLASS_TABLE;
+    let mut caps = [0; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        caps[i] = classes[i].cpu_capacity;
+        i += 1;
+    }
+    caps
+};
+
+const LAYOUT: ([usize; NUM_CLASSES], usize) = layout();
+
+/// Whether the per-CPU caches exist (after the first allocation, when rseq is available).
+pub(crate) fn is_active() -> bool {
+    STATE.load(Ordering::Acquire) == READY
+}
+
+/// Map and set up every slot's region. Runs once; a call that finds another one in progress
+/// (another thread, or a re-entrant allocation) returns at once and that caller uses the
+/// transfer cache meanwhile.
+#[cold]
+fn init() {
+    if STATE
+        .compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    if matches!(rseq_sys::owner(), rseq_sys::Owner::Unavailable(_)) {
+        STATE.store(DISABLED, Ordering::Release);
+        return;
+    }
+    let slots = BACKEND.slot_count();
+    let stride = LAYOUT.1.next_multiple_of(os::page_size());
+    let Some(total) = slots.checked_mul(stride) else {
+        STATE.store(DISABLED, Ordering::Release);
+        return;
+    };
+    let Some(base) = (if total == 0 { None } else { os::map(total) }) else {
+        // No memory for the caches: run on the transfer caches alone.
+        STATE.store(DISABLED, Ordering::Release);
+        return;
+    };
+    for slot in 0..slots {
+        for (class, &offset) in LAYOUT.0.iter().enumerate() {
+            // SAFETY: `slot * stride + class * HEADER_BYTES` and the array at `offset` lie inside the
+            // fresh mapping of `slots * stride` bytes (the layout fits in `stride`); nobody
+            // else can see it before `BASE` is published below, and zeroed memory is a valid
+            // `BoundedStack` (three null atomics).
+            unsafe {
+                let region = base.as_ptr().add(slot * stride);
+                let header = &*region.add(class * HEADER_BYTES).cast::<BoundedStack>();
+                let begin = region.add(offset);
+                let end = begin.add(CLASSES[class].cpu_capacity * 8);
+                header.begin.store(begin, Ordering::Relaxed);
+                header.top.store(begin, Ordering::Relaxed);
+                header.end.store(end, Ordering::Relaxed);
+            }
+        }
+    }
+    BASE.store(base.as_ptr(), Ordering::Relaxed);
+    STRIDE.store(stride, Ordering::Relaxed);
+    SLOTS.store(slots, Ordering::Relaxed);
+    STATE.store(READY, Ordering::Release);
+}
+
+/// The stacks of `class` on every slot, or `None` when the caches are not (yet) available.
+#[inline]
+fn stacks(class: usize) -> Option<SlotArray<'static, BoundedStack>> {
+    match STATE.load(Ordering::Acquire) {
+        READY => {}
+        UNINIT => {
+            init();
+            if STATE.load(Ordering::Acquire) != READY {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    let base = BASE.load(Ordering::Relaxed);
+    // SAFETY: READY was published with release after `BASE`, `STRIDE` and `SLOTS` were
+    // stored and every header initialised (acquire above), and the regions are never
+    // unmapped; header `class` of slot `c` is at `base + c * stride + class * HEADER_BYTES`, a live,
+    // aligned `BoundedStack` used only through atomics.
+    unsafe {
+        let first = NonNull::new_unchecked(base.add(class * HEADER_BYTES)).cast::<BoundedStack>();
+        Some(SlotArray::from_raw_parts(
+            first,
+            STRIDE.load(Ordering::Relaxed),
+            SLOTS.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+/// An object of `class`, or null when out of memory.
+#[inline]
+pub(crate) fn alloc(class: usize) -> *mut u8 {
+    if let Some(stacks) = stacks(class) {
+        loop {
+            // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an
+            // array of 8-byte words in the same live mapping, touched only by these
+            // operations and atomic loads.
+            match unsafe { BACKEND.pop_word(stacks) } {
+                Outcome::Completed {
+                    value: Some(object),
+                    ..
+                } => return object,
+                Outcome::Completed { value: None, .. } => return refill(class, stacks),
+                Outcome::Aborted => continue,
+                Outcome::NoCpu => break,
+            }
+        }
+    }
+    let mut one = [core::ptr::null_mut(); 1];
+    if transfer::remove(class, &mut one) == 1 {
+        one[0]
+    } else {
+        core::ptr::null_mut()
+    }
+}
+
+/// This CPU's stack for `class` ran dry: fetch a batch, keep one, push the rest.
+#[cold]
+fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>) -> *mut u8 {
+    let mut batch = [core::ptr::null_mut(); MAX_BATCH];
+    let want = CLASSES[class].batch.min(MAX_BATCH);
+    let got = transfer::remove(class, &mut batch[..want]);
+    if got == 0 {
+        return core::ptr::null_mut();
+    }
+    let mut pushed = 1;
+    while pushed < got {
+        // SAFETY: as in `alloc`; the object is free and ours to cache.
+        match unsafe { BACKEND.push_word(stacks, batch[pushed]) } {
+            Outcome::Completed { value: Ok(()), .. } => pushed += 1,
+            Outcome::Aborted => continue,
+            Outcome::Completed { value: Err(_), .. } | Outcome::NoCpu => break,
+        }
+    }
+    if pushed < got {
+        // SAFETY: these objects are free and were on no list since `remove` returned them.
+        unsafe { transfer::insert(class, &batch[pushed..got]) };
+    }
+    batch[0]
+}
+
+/// Free `object` of `class`.
+///
+/// # Safety
+/// `object` is an object of `class` from this allocator, no longer used, freed once.
+#[inline]
+pub(crate) unsafe fn free(class: usize, object: *mut u8) {
+    if let Some(stacks) = stacks(class) {
+        loop {
+            // SAFETY: as in `alloc`; the caller hands over the object.
+            match unsafe { BACKEND.push_word(stacks, object) } {
+                Outcome::Completed { value: Ok(()), .. } => return,
+                // SAFETY: forwarded from the caller.
+                Outcome::Completed { value: Err(_), .. } => {
+                    return unsafe { flush(class, stacks, object) }
+                }
+                Outcome::Aborted => continue,
+                Outcome::NoCpu => break,
+            }
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { transfer::insert(class, &[object]) }
+}
+
+/// This CPU's stack for `class` is full: pop a batch and hand it, with `object`, to the
+/// transfer cache.
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+unsafe fn flush(class: usize, stacks: SlotArray<'static, BoundedStack>, object: *mut u8) {
+    let mut batch = [core::ptr::null_mut(); MAX_BATCH + 1];
+    batch[0] = object;
+    let want = CLASSES[class].batch.min(MAX_BATCH);
+    let mut n = 1;
+    while n <= want {
+        // SAFETY: as in `alloc`.
+        match unsafe { BACKEND.pop_word(stacks) } {
+            Outcome::Completed {
+                value: Some(popped),
+                ..
+            } => {
+                batch[n] = popped;
+                n += 1;
+            }
+            Outcome::Aborted => continue,
+            Outcome::Completed { value: None, .. } | Outcome::NoCpu => break,
+        }
+    }
+    // SAFETY: `object` from the caller; the popped objects were free in a CPU cache and are
+    // now only in `batch`.
+    unsafe { transfer::insert(class, &batch[..n]) }
+}
+
+/// Objects of `class` cached on all CPUs now (a racy snapshot from atomic loads).
+pub(crate) fn cached(class: usize) -> usize {
+    if !is_active() {
+        return 0;
+    }
+    let Some(stacks) = stacks(class) else {
+        return 0;
+    };
+    stacks
+        .iter()
+        .map(|s| {
+            let top = s.top.load(Ordering::Relaxed) as usize;
+            let begin = s.begin.load(Ordering::Relaxed) as usize;
+            top.saturating_sub(begin) / 8
+        })
+        .sum()
+}

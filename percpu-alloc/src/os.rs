@@ -1,0 +1,213 @@
+//! The operating system's memory calls, and the only place that makes them.
+//!
+//! Contract: every function returns `None` (or does nothing) on failure instead of
+//! panicking, never allocates through the global allocator, and keeps [`mapped_bytes`] equal
+//! to the bytes this crate currently holds mapped.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// The system page size, read with `sysconf` at run time (4 KiB on most x86_64 systems,
+/// 16 or 64 KiB on some aarch64 ones) and cached.
+pub(crate) fn page_size() -> usize {
+    match PAGE_SIZE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let size = if size > 0 && (size as usize).is_power_of_two() {
+                size as usize
+            } else {
+                4096
+            };
+            PAGE_SIZE.store(size, Ordering::Relaxed);
+            size
+        }
+        size => size,
+    }
+}
+
+/// Bytes currently mapped by this crate.
+pub(crate) fn mapped_bytes() -> usize {
+    MAPPED.load(Ordering::Relaxed)
+}
+
+/// Map `len` bytes (a non-zero multiple of the page size) of fresh, zeroed, read-write
+/// anonymous memory, page-aligned. `None` when the kernel refuses.
+pub(crate) fn map(len: usize) -> Option<NonNull<u8>> {
+    debug_assert!(len > 0 && len.is_multiple_of(page_size()));
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory.
+    let ptr = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    MAPPED.fetch_add(len, Ordering::Relaxed);
+    NonNull::new(ptr.cast())
+}
+
+/// Map `len` bytes aligned to `align` (a power of two; `len` a multiple of the page size) by
+/// over-reserving and unmapping the unaligned head and the tail.
+pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let page = page_size();
+    if align <= page {
+        return map(len);
+    }
+    let total = len.checked_add(align - page)?;
+    let base = map(total)?;
+    let start = base.as_ptr() as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = total - head - len;
+    // SAFETY: `[start, start + head)` and `[aligned + len, start + total)` lie inside the
+    // mapping just made, which nothing else knows about; both are page multiples because
+    // `start`, `aligned`, `len` and `total` are.
+    unsafe {
+        if head > 0 {
+            unmap(base, head);
+        }
+        if tail > 0 {
+            unmap(NonNull::new_unchecked((aligned + len) as *mut u8), tail);
+        }
+    }
+    NonNull::new(aligned as *mut u8)
+}
+
+/// Unmap `[ptr, ptr + len)`.
+///
+/// # Safety
+/// The range was mapped by this module (as a whole or part of a mapping), is a page
+/// multiple, and nothing uses it afterwards.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller hands over the range, which this module mapped.
+    let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+    if rc == 0 {
+        MAPPED.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+/// Grow or shrink the mapping `[ptr, ptr + old_len)` to `new_len` bytes, moving it if need
+/// be (`MREMAP_MAYMOVE`). `None` leaves the old mapping untouched.
+///
+/// # Safety
+/// `[ptr, ptr + old_len)` is a whole mapping made by this module, not used by anyone else
+/// during the call; on success the old range must no longer be used.
+pub(crate) unsafe fn remap(
+    ptr: NonNull<u8>,
+    old_len: usize,
+    new_len: usize,
+) -> Option<NonNull<u8>> {
+    // SAFETY: the caller owns the whole mapping; MREMAP_MAYMOVE lets the kernel pick a new
+    // address and never touches other mappings.
+    let new = unsafe { libc::mremap(ptr.as_ptr().cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+    if new == libc::MAP_FAILED {
+        return None;
+    }
+    if new_len >= old_len {
+        MAPPED.fetch_add(new_len - old_len, Ordering::Relaxed);
+    } else {
+        MAPPED.fetch_sub(old_len - new_len, Ordering::Relaxed);
+    }
+    NonNull::new(new.cast())
+}
+
+/// The process's resident set in bytes, from `/proc/self/statm` (read with raw
+/// open/read into a stack buffer: no allocation). `None` when unreadable.
+pub(crate) fn process_resident_bytes() -> Option<usize> {
+    let mut buf = [0u8; 128];
+    // SAFETY: NUL-terminated path, read-only open.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `buf` is writable for its length; the descriptor is ours and closed at once.
+    let n = unsafe {
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return None;
+    }
+    // Second field: resident pages.
+    let text = &buf[..n as usize];
+    let mut fields = text.split(|&b| b == b' ');
+    let _size = fields.next()?;
+    let resident = fields.next()?;
+    let mut pages = 0usize;
+    for &digit in resident {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        pages = pages
+            .checked_mul(10)?
+            .checked_add(usize::from(digit - b'0'))?;
+    }
+    pages.checked_mul(page_size())
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_size_is_a_power_of_two() {
+        assert!(page_size().is_power_of_two());
+        assert!(page_size() >= 4096);
+    }
+
+    #[test]
+    fn aligned_mappings_are_aligned_zeroed_and_writable() {
+        for align in [page_size(), 1 << 16, 1 << 21] {
+            let len = 3 * page_size();
+            let p = map_aligned(len, align).expect("mmap");
+            assert_eq!(p.as_ptr() as usize % align, 0);
+            // SAFETY: the mapping is `len` bytes, ours.
+            unsafe {
+                let bytes = core::slice::from_raw_parts_mut(p.as_ptr(), len);
+                assert!(bytes.iter().all(|&b| b == 0));
+                bytes.fill(0xA5);
+                unmap(p, len);
+            }
+        }
+    }
+
+    #[test]
+    fn remap_keeps_contents() {
+        let page = page_size();
+        let p = map(page).expect("mmap");
+        // SAFETY: `p` is one page, ours; after remap only the new range is used.
+        unsafe {
+            p.as_ptr().write_bytes(7, page);
+            let q = remap(p, page, 64 * page).expect("mremap");
+            assert!(core::slice::from_raw_parts(q.as_ptr(), page)
+                .iter()
+                .all(|&b| b == 7));
+            assert!(core::slice::from_raw_parts(q.as_ptr().add(page), 63 * page)
+                .iter()
+                .all(|&b| b == 0));
+            unmap(q, 64 * page);
+        }
+    }
+
+    #[test]
+    fn resident_bytes_are_reported() {
+        assert!(process_resident_bytes().expect("statm") > 0);
+    }
+}

@@ -1,0 +1,189 @@
+//! The pagemap: from any address this allocator handed out to what it belongs to.
+//!
+//! A two-level radix tree over 48-bit addresses in 4 KiB granules (a fixed granule, so it
+//! is correct for any page size of 4 KiB or more). The root is a static array of leaf
+//! pointers; leaves are mapped on demand and never freed. Lookups are two atomic loads.
+//!
+//! Entries ([`Entry`]): small-object spans record their size class in every granule they
+//! cover (objects are freed by interior address); large allocations record their mapped
+//! length in their first granule only (they are freed by their start address).
+
+use crate::os;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+const GRANULE_SHIFT: usize = 12;
+const ADDRESS_BITS: usize = 48;
+const LEAF_BITS: usize = 18;
+const ROOT_BITS: usize = ADDRESS_BITS - GRANULE_SHIFT - LEAF_BITS;
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+
+struct Leaf {
+    entries: [AtomicUsize; LEAF_LEN],
+}
+
+static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; 1 << ROOT_BITS];
+
+/// What an address belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Nothing this allocator handed out.
+    None,
+    /// An object of this size class.
+    Small(usize),
+    /// A large allocation starting here, mapped for this many bytes (a page multiple).
+    Large(usize),
+}
+
+impl Entry {
+    fn encode(self) -> usize {
+        match self {
+            Entry::None => 0,
+            Entry::Small(class) => (class << 1) | 1,
+            Entry::Large(len) => {
+                debug_assert!(len > 0 && len % 2 == 0);
+                len
+            }
+        }
+    }
+
+    fn decode(bits: usize) -> Entry {
+        if bits == 0 {
+            Entry::None
+        } else if bits & 1 == 1 {
+            Entry::Small(bits >> 1)
+        } else {
+            Entry::Large(bits)
+        }
+    }
+}
+
+fn split(addr: usize) -> Option<(usize, usize)> {
+    if addr >> ADDRESS_BITS != 0 {
+        return None;
+    }
+    let granule = addr >> GRANULE_SHIFT;
+    Some((granule >> LEAF_BITS, granule & (LEAF_LEN - 1)))
+}
+
+/// What `addr` belongs to.
+#[inline]
+pub(crate) fn get(addr: usize) -> Entry {
+    let Some((root, leaf)) = split(addr) else {
+        return Entry::None;
+    };
+    let node = ROOT[root].load(Ordering::Acquire);
+    if node.is_null() {
+        return Entry::None;
+    }
+    // SAFETY: non-null root entries point to leaves that are fully initialised (zeroed by
+    // mmap, published with release) and never freed.
+    Entry::decode(unsafe { (*node).entries[leaf].load(Ordering::Acquire) })
+}
+
+fn leaf_for(root: usize) -> Option<&'static Leaf> {
+    let mut node = ROOT[root].load(Ordering::Acquire);
+    if node.is_null() {
+        let len = core::mem::size_of::<Leaf>().next_multiple_of(os::page_size());
+        let fresh = os::map(len)?.cast::<Leaf>();
+        match ROOT[root].compare_exchange(
+            core::ptr::null_mut(),
+            fresh.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => node = fresh.as_ptr(),
+            Err(winner) => {
+                // SAFETY: `fresh` was never published; nobody else knows it.
+                unsafe { os::unmap(fresh.cast(), len) };
+                node = winner;
+            }
+        }
+    }
+    // SAFETY: `node` is a published leaf (zeroed mmap memory is a valid array of atomics),
+    // never freed, so a shared `'static` reference is sound.
+    Some(unsafe { &*node })
+}
+
+/// Record `entry` for every granule of `[start, start + len)`. `false` (nothing changed
+/// beyond possibly mapped leaves) when a leaf cannot be mapped or the range is outside
+/// the 48-bit space.
+pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
+    let first = start.as_ptr() as usize;
+    let Some(last) = first.checked_add(len.max(1) - 1) else {
+        return false;
+    };
+    if split(last).is_none() {
+        return false;
+    }
+    // Map every leaf first so that the writes below cannot fail half-way.
+    let mut granule = first >> GRANULE_SHIFT;
+    let last_granule = last >> GRANULE_SHIFT;
+    let mut root = granule >> LEAF_BITS;
+    while root <= last_granule >> LEAF_BITS {
+        if leaf_for(root).is_none() {
+            return false;
+        }
+        root += 1;
+    }
+    let bits = entry.encode();
+    while granule <= last_granule {
+        if let Some(leaf) = leaf_for(granule >> LEAF_BITS) {
+            leaf.entries[granule & (LEAF_LEN - 1)].store(bits, Ordering::Release);
+        }
+        granule += 1;
+    }
+    true
+}
+
+/// Record `entry` for the granule holding `start` only.
+pub(crate) fn set(start: NonNull<u8>, entry: Entry) -> bool {
+    set_range(start, 1, entry)
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    const GRANULE: usize = 1 << GRANULE_SHIFT;
+
+    #[test]
+    fn entries_round_trip() {
+        for e in [
+            Entry::None,
+            Entry::Small(0),
+            Entry::Small(103),
+            Entry::Large(4096),
+            Entry::Large(1 << 40),
+        ] {
+            assert_eq!(Entry::decode(e.encode()), e);
+        }
+    }
+
+    #[test]
+    fn ranges_are_recorded_and_cleared() {
+        let len = 64 * 1024;
+        let region = os::map(len).expect("mmap");
+        let base = region.as_ptr() as usize;
+        assert_eq!(get(base), Entry::None);
+        assert!(set_range(region, len, Entry::Small(5)));
+        for offset in [0, 1, GRANULE, len / 2, len - 1] {
+            assert_eq!(get(base + offset), Entry::Small(5));
+        }
+        assert_eq!(get(base + len), Entry::None);
+        assert!(set(region, Entry::Large(len)));
+        assert_eq!(get(base), Entry::Large(len));
+        assert!(set_range(region, len, Entry::None));
+        assert_eq!(get(base + len / 2), Entry::None);
+        // SAFETY: ours, unused from here.
+        unsafe { os::unmap(region, len) };
+    }
+
+    #[test]
+    fn addresses_beyond_48_bits_are_refused() {
+        assert_eq!(get(1 << 50), Entry::None);
+        let high = NonNull::new((1usize << 50) as *mut u8).unwrap();
+        assert!(!set(high, Entry::Small(1)));
+    }
+}
