@@ -208,9 +208,9 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8) {
             // SAFETY: as in `alloc`; the caller hands over the object.
             match unsafe { BACKEND.push_word(stacks, object) } {
                 Outcome::Completed { value: Ok(()), .. } => return,
-                // SAFETY: forwarded from the caller.
                 Outcome::Completed { value: Err(_), .. } => {
-                    return unsafe { flush(class, stacks, object) }
+                    // SAFETY: forwarded from the caller.
+                    return unsafe { flush(class, stacks, object) };
                 }
                 Outcome::Aborted => continue,
                 Outcome::NoCpu => break,

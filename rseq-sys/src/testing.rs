@@ -162,6 +162,11 @@ impl Disturber {
             .retain(|&t| t != tid);
     }
 
+    /// Signals delivered so far.
+    pub fn signals_sent(&self) -> u64 {
+        self.shared.signals.load(Ordering::Relaxed)
+    }
+
     /// Stop and report what was done.
     pub fn stop(mut self) -> Disturbed {
         self.finish()

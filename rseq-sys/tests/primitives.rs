@@ -13,6 +13,7 @@ fn backends() -> [Rseq; 2] {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "hardware-sized: millions of operations")]
 fn add_is_exact_across_threads() {
     for rseq in backends() {
         let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
@@ -137,6 +138,7 @@ fn pop(rseq: Rseq, heads: &[AtomicPtr<u8>]) -> Option<Option<NonNull<u8>>> {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "hardware-sized: millions of operations")]
 fn linked_push_pop_loses_and_duplicates_nothing() {
     let rseq = Rseq::CPU_ID;
     let heads: Vec<AtomicPtr<u8>> = (0..rseq.slot_count())
@@ -336,6 +338,7 @@ fn copy_then_commit_round_trips_records() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "hardware-sized: millions of operations")]
 fn pinned_adds_are_exact_across_threads() {
     let rseq = Rseq::CPU_ID;
     let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();

@@ -9,6 +9,8 @@
 //! Also, in-process: counted registrations and threads that use rseq while exiting. Use
 //! before `main` is in its own test binary, so that nothing here decides the owner before a
 //! child installs its seccomp filter.
+// Child processes, seccomp and pthread keys: nothing Miri can run.
+#![cfg(not(miri))]
 
 use rseq_sys::sync::atomic::{AtomicU64, Ordering};
 use rseq_sys::{Backend, Outcome, Owner, Reason, Registration, Rseq, SlotArray};

@@ -5,6 +5,8 @@
 //!
 //! Plus thread churn: thousands of short-lived threads using rseq (in self-registration mode
 //! each registers and unregisters).
+// Child processes, signals and CPU affinity: nothing Miri can run.
+#![cfg(not(miri))]
 
 use rseq_sys::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use rseq_sys::testing::Disturber;
@@ -36,7 +38,9 @@ fn counter_stress(threads: usize, run_for: Duration, require_aborts: bool) {
                 s.spawn(|| {
                     disturber.enlist();
                     let mut made = 0u64;
-                    while !made.is_multiple_of(1024) || Instant::now() < deadline {
+                    while !made.is_multiple_of(1024)
+                        || (Instant::now() < deadline || disturber.signals_sent() == 0)
+                    {
                         made += 1;
                         loop {
                             match rseq.add(SlotArray::from_slice(&slots), 1) {
@@ -180,7 +184,9 @@ fn list_stress(threads: usize, nodes_per_thread: usize, run_for: Duration, requi
                 // Pop a few, hold them (so nodes move between CPUs), push them back.
                 let mut held = Vec::new();
                 let mut round = 0usize;
-                while !round.is_multiple_of(1024) || Instant::now() < deadline {
+                while !round.is_multiple_of(1024)
+                    || (Instant::now() < deadline || disturber.signals_sent() == 0)
+                {
                     round += 1;
                     if let Some(node) = lists.pop(tally) {
                         held.push(node);
@@ -344,7 +350,9 @@ fn stealing_with_fences_loses_and_duplicates_nothing() {
                     let deadline = Instant::now() + Duration::from_millis(400);
                     let mut held = Vec::new();
                     let mut round = 0usize;
-                    while !round.is_multiple_of(256) || Instant::now() < deadline {
+                    while !round.is_multiple_of(256)
+                        || (Instant::now() < deadline || disturber.signals_sent() == 0)
+                    {
                         round += 1;
                         if let Some(node) = lists.pop_or_fall_back(tally) {
                             held.push(node);
