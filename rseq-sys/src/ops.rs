@@ -4,7 +4,7 @@
 //! operation on the current CPU's slot. The answer is an [`Outcome`]: it ran to completion on
 //! CPU `cpu`, it was aborted (preempted, migrated or signalled: retry), or there is no CPU
 //! (rseq unavailable, the thread not registered, or the index past the array: take the
-//! fallback). Two backends exist: [`Rseq`] runs real critical sections, and
+//! fallback). Two backends exist: [`Rseq`](crate::Rseq) runs real critical sections, and
 //! [`Simulated`](crate::Simulated) runs the same operations with injected CPU ids and aborts
 //! so that loom, Miri and property tests exercise the same algorithm.
 
@@ -279,7 +279,7 @@ slot_word!(
     |b| core::ptr::with_exposed_provenance_mut(b as usize)
 );
 
-/// Runs per-CPU operations. Sealed: [`Rseq`] and [`Simulated`](crate::Simulated) are the
+/// Runs per-CPU operations. Sealed: [`Rseq`](crate::Rseq) and [`Simulated`](crate::Simulated) are the
 /// implementations.
 ///
 /// Every operation indexes the slots by the backend's [`IndexBy`], checks the index against
