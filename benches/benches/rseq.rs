@@ -73,17 +73,7 @@ impl PerCpuSlots {
 }
 
 #[cfg(c_reference)]
-mod c_reference {
-    extern "C" {
-        pub fn percpu_c_rseq_add_loop(
-            slots: *mut u64,
-            stride: usize,
-            len: usize,
-            count: u64,
-            fallback: *mut u64,
-        ) -> u64;
-    }
-}
+use percpu_benches::c_reference;
 
 fn add(c: &mut Criterion) {
     let mut group = c.benchmark_group("rseq/add");

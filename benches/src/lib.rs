@@ -44,3 +44,21 @@ where
     });
     elapsed / threads as u32
 }
+
+/// The hand-written C rseq add (`c/rseq_add.c`), built by this package's build script on
+/// x86_64 Linux: the reference the rseq and counter suites measure against.
+#[cfg(c_reference)]
+pub mod c_reference {
+    extern "C" {
+        /// Add 1 to this CPU's slot `count` times, with the thread's area found once before
+        /// the loop; slot `c` is at `slots + c * stride` bytes for `c < len`. Adds without a
+        /// CPU go to `*fallback` atomically. Returns how many fell back.
+        pub fn percpu_c_rseq_add_loop(
+            slots: *mut u64,
+            stride: usize,
+            len: usize,
+            count: u64,
+            fallback: *mut u64,
+        ) -> u64;
+    }
+}
