@@ -17,8 +17,8 @@
 
 use crate::rows::{LazyRows, WORDS_PER_LINE};
 use crate::stripe;
-use rseq_sys::sync::atomic::{AtomicBool, Ordering};
-use rseq_sys::{Backend, Outcome};
+use rseq_sys::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use rseq_sys::{Backend, Outcome, SlotArray};
 
 /// Rows are at least this many lines apart: adjacent-line prefetchers fetch 128-byte pairs,
 /// so two CPUs' rows in one pair would still contend.
@@ -91,6 +91,22 @@ impl<B: Backend> Bank<B> {
             }
         }
         self.add_slow(column, value);
+    }
+
+    /// Counter `column`'s per-CPU slots, allocating the rows if this is the first use with a
+    /// CPU; `None` when the calling thread has no CPU now (then nothing is allocated).
+    ///
+    /// # Panics
+    /// If `column >= self.columns()`.
+    pub(crate) fn cpu_slots(&self, column: usize) -> Option<SlotArray<'_, AtomicU64>> {
+        let rows = match self.cpus.get() {
+            Some(rows) => rows,
+            None => {
+                self.backend.current_cpu()?;
+                self.cpus.get_or_init(self.backend.slot_count())
+            }
+        };
+        Some(rows.slots(column))
     }
 
     /// First add with a CPU (allocate the per-CPU rows), or an add with none (the stripes).

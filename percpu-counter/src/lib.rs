@@ -8,6 +8,7 @@
 //! up exactly.
 //!
 //! - [`PerCpuCounter`]: one counter; `const` constructor, so it can be a `static`.
+//!   [`PerCpuCounter::local`] gives a thread a [`LocalCounter`] handle for hot loops.
 //! - [`CounterSet`]: `N` counters of one subsystem (hits, misses, bytes) packed per CPU,
 //!   updated independently and snapshotted together.
 //! - [`PerCpuArena`]: many counters at `CPUs x 8` bytes each (each CPU's copies packed
@@ -83,6 +84,7 @@
 mod arena;
 mod bank;
 mod counter;
+mod local;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod rows;
@@ -91,4 +93,5 @@ mod stripe;
 
 pub use arena::{ArenaCounter, PerCpuArena};
 pub use counter::PerCpuCounter;
+pub use local::LocalCounter;
 pub use set::CounterSet;

@@ -7,7 +7,7 @@
 //! in child processes with glibc's registration, with self-registration
 //! (`GLIBC_TUNABLES=glibc.pthread.rseq=0`) and with rseq disabled (`PERCPU_NO_RSEQ=1`).
 
-use percpu_counter::{CounterSet, PerCpuArena, PerCpuCounter};
+use percpu_counter::{CounterSet, LocalCounter, PerCpuArena, PerCpuCounter};
 use rseq_sys::testing::Disturber;
 use rseq_sys::{Backend, Owner, Rseq};
 use std::process::Command;
@@ -120,6 +120,38 @@ fn static_counter_is_exact() {
 
 #[test]
 #[cfg_attr(miri, ignore = "needs signals and affinity syscalls")]
+fn local_handles_are_exact() {
+    static COUNTER: PerCpuCounter = PerCpuCounter::new();
+    thread_local! {
+        // Each worker resolves its handle once, on its first step, and keeps it while the
+        // disturber moves it between CPUs and interrupts it.
+        static HANDLE: LocalCounter<'static> = COUNTER.local();
+    }
+    let (added, taken) = hammer(
+        |thread, step| {
+            let v = value(thread, step);
+            HANDLE.with(|handle| match step % 3 {
+                0 => {
+                    handle.inc();
+                    1
+                }
+                1 => {
+                    handle.sub(v);
+                    v.wrapping_neg()
+                }
+                _ => {
+                    handle.add(v);
+                    v
+                }
+            })
+        },
+        || COUNTER.take(),
+    );
+    assert_eq!(taken.wrapping_add(COUNTER.sum()), added);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "needs signals and affinity syscalls")]
 fn set_is_exact() {
     let set: CounterSet<3> = CounterSet::new();
     let (added, taken) = hammer(
@@ -158,6 +190,17 @@ fn arena_counters_are_exact() {
     assert_eq!(taken.wrapping_add(remaining), added);
 }
 
+/// The tests `every_registration_mode` runs in each child process.
+const CHILD_TESTS: [&str; 7] = [
+    "child_reports_its_owner",
+    "counter_is_exact_by_cpu_id",
+    "counter_is_exact_by_concurrency_id",
+    "set_is_exact",
+    "arena_counters_are_exact",
+    "static_counter_is_exact",
+    "local_handles_are_exact",
+];
+
 /// Set in a child process started by `every_registration_mode`.
 const CHILD: &str = "PERCPU_COUNTER_STRESS_CHILD";
 
@@ -179,16 +222,8 @@ fn every_registration_mode() {
             .env_remove("GLIBC_TUNABLES")
             .env_remove("PERCPU_NO_RSEQ")
             .args(["--test-threads=1", "--nocapture"])
-            .args(["--exact", "child_reports_its_owner"])
-            .args([
-                "counter_is_exact_by_cpu_id",
-                "counter_is_exact_by_concurrency_id",
-            ])
-            .args([
-                "set_is_exact",
-                "arena_counters_are_exact",
-                "static_counter_is_exact",
-            ]);
+            .args(["--exact"])
+            .args(CHILD_TESTS);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -200,7 +235,7 @@ fn every_registration_mode() {
             "mode {name} failed:\n{stdout}\n{stderr}"
         );
         assert!(
-            stdout.contains("6 passed"),
+            stdout.contains(&format!("{} passed", CHILD_TESTS.len())),
             "mode {name} did not run every stress test:\n{stdout}"
         );
         let owner = stderr
