@@ -29,10 +29,26 @@ const BUSY: u8 = 1;
 const READY: u8 = 2;
 const DISABLED: u8 = 3;
 
+/// Only the set-up protocol reads this; the fast paths look at [`REGIONS`] alone.
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static BASE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
-static STRIDE: AtomicUsize = AtomicUsize::new(0);
-static SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Where the regions are: `base` is null until they are ready, then published with release
+/// after `slots`. One line, so a fast path makes two loads from one place.
+#[repr(C, align(64))]
+struct Regions {
+    base: AtomicPtr<u8>,
+    slots: AtomicUsize,
+}
+
+static REGIONS: Regions = Regions {
+    base: AtomicPtr::new(core::ptr::null_mut()),
+    slots: AtomicUsize::new(0),
+};
+
+/// Bytes from one slot's region to the next: a constant, so finding this CPU's header is a
+/// multiply by an immediate, not one more load on every operation. Whole 4 KiB pages keep
+/// regions from sharing lines (and pages) between CPUs.
+const STRIDE: usize = LAYOUT.1.next_multiple_of(4096);
 
 const HEADER_BYTES: usize = core::mem::size_of::<BoundedStack>();
 const HEADERS_BYTES: usize = NUM_CLASSES * HEADER_BYTES;
@@ -65,7 +81,7 @@ const LAYOUT: ([usize; NUM_CLASSES], usize) = layout();
 
 /// Whether the per-CPU caches exist (after the first allocation, when rseq is available).
 pub(crate) fn is_active() -> bool {
-    STATE.load(Ordering::Acquire) == READY
+    !REGIONS.base.load(Ordering::Acquire).is_null()
 }
 
 /// Map and set up every slot's region. Runs once; a call that finds another one in progress
@@ -84,7 +100,7 @@ fn init() {
         return;
     }
     let slots = BACKEND.slot_count();
-    let stride = LAYOUT.1.next_multiple_of(os::page_size());
+    let stride = STRIDE;
     let Some(total) = slots.checked_mul(stride) else {
         STATE.store(DISABLED, Ordering::Release);
         return;
@@ -111,48 +127,75 @@ fn init() {
             }
         }
     }
-    BASE.store(base.as_ptr(), Ordering::Relaxed);
-    STRIDE.store(stride, Ordering::Relaxed);
-    SLOTS.store(slots, Ordering::Relaxed);
+    REGIONS.slots.store(slots, Ordering::Relaxed);
+    REGIONS.base.store(base.as_ptr(), Ordering::Release);
     STATE.store(READY, Ordering::Release);
 }
 
 /// The stacks of `class` on every slot, or `None` when the caches are not (yet) available.
-#[inline]
+#[inline(always)]
 fn stacks(class: usize) -> Option<SlotArray<'static, BoundedStack>> {
-    match STATE.load(Ordering::Acquire) {
-        READY => {}
-        UNINIT => {
-            init();
-            if STATE.load(Ordering::Acquire) != READY {
-                return None;
-            }
-        }
-        _ => return None,
+    let mut base = REGIONS.base.load(Ordering::Acquire);
+    if base.is_null() {
+        base = set_up_regions()?;
     }
-    let base = BASE.load(Ordering::Relaxed);
-    // SAFETY: READY was published with release after `BASE`, `STRIDE` and `SLOTS` were
-    // stored and every header initialised (acquire above), and the regions are never
-    // unmapped; header `class` of slot `c` is at `base + c * stride + class * HEADER_BYTES`, a live,
-    // aligned `BoundedStack` used only through atomics.
+    // SAFETY: a non-null base was published with release after `slots` was stored and every
+    // header initialised (acquired above, or by `set_up_regions`), and the regions are never
+    // unmapped; header `class` of slot `c` is at `base + c * STRIDE + class * HEADER_BYTES`, a
+    // live, aligned `BoundedStack` used only through atomics.
     unsafe {
         let first = NonNull::new_unchecked(base.add(class * HEADER_BYTES)).cast::<BoundedStack>();
         Some(SlotArray::from_raw_parts(
             first,
-            STRIDE.load(Ordering::Relaxed),
-            SLOTS.load(Ordering::Relaxed),
+            STRIDE,
+            REGIONS.slots.load(Ordering::Relaxed),
         ))
     }
 }
 
+/// The regions' base once they are ready: sets them up on the first call; `None` while
+/// another thread is setting them up, or for good when they cannot exist.
+#[cold]
+#[inline(never)]
+fn set_up_regions() -> Option<*mut u8> {
+    if STATE.load(Ordering::Acquire) == UNINIT {
+        init();
+    }
+    let base = REGIONS.base.load(Ordering::Acquire);
+    (!base.is_null()).then_some(base)
+}
+
 /// An object of `class`, or null when out of memory.
-#[inline]
+///
+/// The fast path is one pop; retries, refills and the no-CPU path are out of line, so this
+/// function needs few registers (little to save and restore on every call). Not
+/// `#[inline]`: compiled in this crate, its statics are addressed directly rather than
+/// through the global offset table.
 pub(crate) fn alloc(class: usize) -> *mut u8 {
     if let Some(stacks) = stacks(class) {
+        // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an
+        // array of 8-byte words in the same live mapping, touched only by these operations
+        // and atomic loads.
+        let popped = unsafe { BACKEND.pop_word(stacks) };
+        if let Outcome::Completed {
+            value: Some(object),
+            ..
+        } = popped
+        {
+            return object;
+        }
+    }
+    core::hint::cold_path();
+    alloc_slow(class)
+}
+
+/// [`alloc`] when the first pop did not hand out an object.
+#[cold]
+#[inline(never)]
+fn alloc_slow(class: usize) -> *mut u8 {
+    if let Some(stacks) = stacks(class) {
         loop {
-            // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an
-            // array of 8-byte words in the same live mapping, touched only by these
-            // operations and atomic loads.
+            // SAFETY: as in `alloc`.
             match unsafe { BACKEND.pop_word(stacks) } {
                 Outcome::Completed {
                     value: Some(object),
@@ -197,12 +240,31 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>) -> *mut u8 {
     batch[0]
 }
 
-/// Free `object` of `class`.
+/// Free `object` of `class`. The fast path is one push; the rest is out of line (as in
+/// [`alloc`]).
 ///
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once.
-#[inline]
 pub(crate) unsafe fn free(class: usize, object: *mut u8) {
+    if let Some(stacks) = stacks(class) {
+        // SAFETY: as in `alloc`; the caller hands over the object.
+        let pushed = unsafe { BACKEND.push_word(stacks, object) };
+        if let Outcome::Completed { value: Ok(()), .. } = pushed {
+            return;
+        }
+    }
+    core::hint::cold_path();
+    // SAFETY: forwarded from the caller (the push above did not take the object).
+    unsafe { free_slow(class, object) }
+}
+
+/// [`free`] when the first push did not take the object.
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(class: usize, object: *mut u8) {
     if let Some(stacks) = stacks(class) {
         loop {
             // SAFETY: as in `alloc`; the caller hands over the object.
