@@ -49,21 +49,27 @@ struct CpuStack {
 /// 4. take the newest item for the caller and move up to 15 more onto the
 ///    thief's own CPU while they fit (a push there declines when full, or when the thief
 ///    runs on the victim itself);
-/// 5. restart the stack with release stores, `top` first: while `begin == end == t` a
-///    section can push into the slots just vacated (they were read already) but cannot pop;
-///    then `begin` and `end` back to the storage bounds.
+/// 5. lower `top` below the taken items, with a release store, leaving `begin == end == t`:
+///    a section that reads the new top can push into the slots just vacated (they were read
+///    already) but cannot pop; one that read the old top `t` declines both ways;
+/// 6. [`Backend::fence_all`] again: no section still holds the old top `t`;
+/// 7. restore `begin` and `end` to the storage bounds with release stores.
 ///
-/// Without fences the thief puts `begin` and `end` back (untouched `top`, so any section
-/// that ran in between merely declined) and stealing stays off.
+/// Step 6 is what makes the restart safe. A section loads `top`, then the bound it checks,
+/// and commits `top` plus or minus one word computed from the `top` it loaded (the x86_64
+/// asm and the simulator alike). Atomicity holds only against its own CPU, so a section on
+/// the victim can load `top == t` before the thief's step 5 and `begin` after step 7: it
+/// then pops the word at `t - 1`, which the thief has already handed out, and commits
+/// `top = t - 1`, which puts back the words the thief moved away; a push likewise commits
+/// `t + 1` over the emptied slots. Either way an item comes out twice. No order of the
+/// three stores closes that window, because the section's loads straddle all of them;
+/// only a fence between lowering `top` and widening the bounds retires every section that
+/// saw the old top. So a steal costs two fences, for a batch of up to 16 items.
 ///
-/// # Known bug
-///
-/// On the simulated machine, with threads migrating every few operations and one section in
-/// five aborting, a mix of this buffer's pushes, pops and steals hands one item out twice
-/// (a double free of the boxed item); the test
-/// `simulated_migrations_and_aborts_with_the_buffer_lose_nothing` shows it and is ignored
-/// until the stop/restart protocol above is fixed. The stress tests on real rseq pass, but
-/// do not rely on this type until then.
+/// Without fences the thief puts `begin` and `end` back at step 2 (untouched `top`, so any
+/// section that ran in between merely declined) and stealing stays off. Should the second
+/// fence fail, the stack stays as step 5 left it, which is safe for good: pushes fill it up
+/// to `t`, pops decline, and [`drain`](PerCpuBuffer::drain) still returns its items.
 pub struct PerCpuBuffer<T, B: Backend = Rseq> {
     cpus: Box<[CpuStack]>,
     // Referenced through the stack headers' pointers. A Vec rather than a Box: moving a Box
@@ -97,13 +103,14 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
     /// A buffer holding up to `capacity` items per CPU, running on `backend`.
     ///
     /// # Panics
-    /// Under loom, whose atomics are not word-sized: the backend's stack operations step
-    /// through storage one machine word at a time.
+    /// If `AtomicPtr<u8>` is not one machine word: the backend's stack operations step
+    /// through storage one word at a time. std's is, and so is loom's (an index into its
+    /// model), which lets loom run this buffer on the simulated backend.
     pub fn with_backend(backend: B, capacity: usize) -> Self {
         assert_eq!(
             size_of::<AtomicPtr<u8>>(),
             WORD,
-            "bounded stacks need word-sized atomics (unavailable under loom)"
+            "bounded stacks need word-sized atomics"
         );
         let cpu_count = backend.slot_count();
         let lines_per_cpu = capacity.div_ceil(WORDS_PER_LINE);
@@ -186,9 +193,13 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
     #[inline]
     fn push_word(&self, word: NonNull<u8>) -> Result<(), NonNull<u8>> {
         loop {
-            // SAFETY: each header's `begin <= top <= end` delimit its own 8-aligned words in
-            // `storage` (the thief only narrows `begin`/`end` to `top` and restores them),
-            // live as long as `&self`, accessed only atomically.
+            // SAFETY: each header's `top`, `begin` and `end` point into its own CPU's
+            // 8-aligned words of `storage` (live as long as `&self`, accessed only
+            // atomically), `end` at most one past them: the thief only narrows `begin`/`end`
+            // to a `top` it read, lowers `top` to a word it has emptied, and restores the
+            // storage bounds. So a push that passes `top < end` writes a free word of this
+            // stack and a pop that passes `top > begin` reads an item of it, even while `top`
+            // sits below the narrowed bounds (steps 1 and 5 of the protocol).
             match unsafe { self.backend.push_word(self.stacks(), word.as_ptr()) } {
                 Outcome::Completed { value: Ok(()), .. } => return Ok(()),
                 Outcome::Aborted => continue,
@@ -275,11 +286,14 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
             }
             new_top = below;
         }
-        // Restart: `top` first (see the module docs), then the bounds; release so the next
-        // section acquires what is left.
+        // Steps 5-7 (see the type docs): lower `top` while the bounds still stop pops, fence
+        // so that no section can act on the old top any more, then widen the bounds; release
+        // so the next section acquires what is left.
         slot.stack.top.store(new_top, Ordering::Release);
-        slot.stack.begin.store(storage_begin, Ordering::Release);
-        slot.stack.end.store(storage_end, Ordering::Release);
+        if self.fences.fence(&self.backend) {
+            slot.stack.begin.store(storage_begin, Ordering::Release);
+            slot.stack.end.store(storage_end, Ordering::Release);
+        }
         NonNull::new(first)
     }
 
@@ -333,8 +347,11 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
     pub fn drain(&mut self) -> Vec<Box<T>> {
         let mut words = Vec::new();
         for cpu in 0..self.cpus.len() {
-            let (storage_begin, _) = self.bounds(cpu);
+            let (storage_begin, storage_end) = self.bounds(cpu);
             let stack = &self.cpus[cpu].stack;
+            // A stack left stopped by a failed second fence (see the type docs) restarts here.
+            stack.begin.store(storage_begin, Ordering::Relaxed);
+            stack.end.store(storage_end, Ordering::Relaxed);
             let mut top = stack.top.swap(storage_begin, Ordering::Acquire);
             while top.addr() > storage_begin.addr() {
                 top = top.wrapping_sub(WORD);

@@ -48,7 +48,8 @@
 //! `membarrier` (aborting sections in flight, ordering the stop before later ones),
 //! re-checks that no section committed in between, takes a batch (one element for the
 //! caller, up to 15 more moved onto the thief's CPU, so one fence pays for several pops) and
-//! restarts the slot with release stores. One thief per slot at a time (a flag per slot), so
+//! restarts the slot with release stores (a bounded stack, whose top the thief lowers, takes
+//! a second fence before its bounds widen again). One thief per slot at a time (a flag per slot), so
 //! a stopped state seen after the fence is the thief's own. The fence covers every CPU,
 //! because a slot index is a CPU number only when indexing by `cpu_id`; with `mm_cid` the
 //! owning thread can be on any CPU. The exact steps are in [`IntrusiveList`] and

@@ -13,7 +13,10 @@
 //!    section sees the stop. Re-read the slot: unchanged means stopped and ours; changed
 //!    means a section committed between the stop and the fence, so try again.
 //! 3. Take elements with plain reads (we own the slot), then restart the slot with release
-//!    stores so the next owner acquires what we left.
+//!    stores so the next owner acquires what we left. Where the restart is more than one
+//!    store that sections load separately (a bounded stack's lowered `top`, then its
+//!    bounds), fence between them: a section that loaded the old value before the first
+//!    store and the new one after the last would commit from the old one.
 //!
 //! # Why `fence_all` and not `fence_cpu`
 //! A slot index is a CPU number only for [`rseq_sys::IndexBy::CpuId`]; under

@@ -1,7 +1,7 @@
-//! loom models of the fallback and steal protocols of the per-CPU freelist, on the
-//! `Simulated` backend (injected CPU ids; a per-CPU busy flag stands for "one section at a
-//! time per CPU", and fences wait sections out). Every interleaving must hand each node out
-//! exactly once.
+//! loom models of the fallback and steal protocols of the per-CPU freelist and of the
+//! bounded buffer's stop-and-restart steal, on the `Simulated` backend (injected CPU ids; a
+//! per-CPU busy flag stands for "one section at a time per CPU", and fences wait sections
+//! out). Every interleaving must hand each node or item out exactly once.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p percpu-queue --release --test loom`
 //!
@@ -9,15 +9,18 @@
 //! a concurrent compare-and-swap the storing thread never saw the way real CPUs do, and would
 //! report double pops that cannot happen.
 //!
-//! The bounded buffer is not modelled: rseq-sys's stack operations step through storage by
-//! machine words, and loom's atomics are larger than a word.
+//! The buffer runs under loom because loom's `AtomicPtr` is one word (an index into the
+//! model), as rseq-sys's word-stepping stack operations need. Each buffer model fails at the
+//! bound above on the earlier restart (lower `top`, then widen the bounds at once, with no
+//! second fence): a section on the victim loads the old top before the restart and the
+//! widened bound after it.
 // The gate comes after the docs: a crate whose first attribute is a false `cfg` loses its
 // docs too, and `missing_docs` (denied in CI's clippy run) then fires on the empty crate.
 #![cfg(loom)]
 
 use loom::sync::Arc;
 use loom::thread;
-use percpu_queue::{FreeList, Node};
+use percpu_queue::{FreeList, Node, PerCpuBuffer};
 use rseq_sys::simulation::set_cpu;
 use rseq_sys::Simulated;
 
@@ -181,5 +184,124 @@ fn batch_moved_by_a_thief_races_its_cpu() {
             .filter_map(|h| h.join().unwrap())
             .collect();
         check(list, got, &[0, 1, 2]);
+    });
+}
+
+type Buffer = PerCpuBuffer<u32, Simulated>;
+
+fn buffer(cpus: usize, capacity: usize) -> Arc<Buffer> {
+    Arc::new(PerCpuBuffer::with_backend(Simulated::new(cpus), capacity))
+}
+
+/// Every id in `expected` exactly once across `got` and what is left in the buffer, compared
+/// by address before anything is freed, so that an item handed out twice fails the assertion
+/// rather than freeing twice.
+fn check_buffer(buffer: Arc<Buffer>, got: impl IntoIterator<Item = Box<u32>>, expected: &[u32]) {
+    let mut buffer = Arc::try_unwrap(buffer).expect("every thread joined");
+    let mut items: Vec<*mut u32> = got
+        .into_iter()
+        .chain(buffer.drain())
+        .map(Box::into_raw)
+        .collect();
+    items.sort_unstable();
+    let count = items.len();
+    items.dedup();
+    assert_eq!(items.len(), count, "an item was handed out twice");
+    let mut values: Vec<u32> = items
+        .into_iter()
+        // SAFETY: each pointer came from a distinct `Box` (just checked) and is rebuilt once.
+        .map(|item| *unsafe { Box::from_raw(item) })
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, expected);
+}
+
+/// A thief on CPU 1 takes CPU 0's items while a thread on CPU 0 pops: the pop must not act
+/// on the top the thief saw once the thief restarts the stack.
+#[test]
+fn buffer_steal_races_owner_pop() {
+    loom::model(|| {
+        let buffer = buffer(2, 2);
+        set_cpu(Some(0));
+        buffer.push(Box::new(0)).unwrap();
+        buffer.push(Box::new(1)).unwrap();
+        let threads: Vec<_> = [Some(0), Some(1)]
+            .into_iter()
+            .map(|cpu| {
+                let buffer = buffer.clone();
+                thread::spawn(move || {
+                    set_cpu(cpu);
+                    buffer.pop()
+                })
+            })
+            .collect();
+        // A pop may come back empty: the owner's stack is stopped while the thief works on
+        // it, and the items in transit are not visible to other pops.
+        let got: Vec<Box<u32>> = threads
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
+        check_buffer(buffer, got, &[0, 1]);
+    });
+}
+
+/// A thief on CPU 1 takes CPU 0's items while a thread on CPU 0 pushes: the push must not
+/// commit above the slots the thief emptied.
+#[test]
+fn buffer_steal_races_owner_push() {
+    loom::model(|| {
+        let buffer = buffer(2, 2);
+        set_cpu(Some(0));
+        buffer.push(Box::new(0)).unwrap();
+        let owner = {
+            let buffer = buffer.clone();
+            thread::spawn(move || {
+                set_cpu(Some(0));
+                buffer.push(Box::new(1)).err()
+            })
+        };
+        let thief = {
+            let buffer = buffer.clone();
+            thread::spawn(move || {
+                set_cpu(Some(1));
+                buffer.pop()
+            })
+        };
+        let got: Vec<Box<u32>> = [owner.join().unwrap(), thief.join().unwrap()]
+            .into_iter()
+            .flatten()
+            .collect();
+        check_buffer(buffer, got, &[0, 1]);
+    });
+}
+
+/// A thread on CPU 0 pushes and then pops while a thief on CPU 1 takes CPU 0's items: the
+/// push may land in a slot the thief has just emptied (before the bounds are widened), and
+/// the pop that follows must then find that item and only that one.
+#[test]
+fn buffer_owner_refills_during_a_steal() {
+    loom::model(|| {
+        let buffer = buffer(2, 2);
+        set_cpu(Some(0));
+        buffer.push(Box::new(0)).unwrap();
+        buffer.push(Box::new(1)).unwrap();
+        let owner = {
+            let buffer = buffer.clone();
+            thread::spawn(move || {
+                set_cpu(Some(0));
+                let back = buffer.push(Box::new(2)).err();
+                back.into_iter().chain(buffer.pop()).collect::<Vec<_>>()
+            })
+        };
+        let thief = {
+            let buffer = buffer.clone();
+            thread::spawn(move || {
+                set_cpu(Some(1));
+                buffer.pop()
+            })
+        };
+        let mut got = owner.join().unwrap();
+        got.extend(thief.join().unwrap());
+        check_buffer(buffer, got, &[0, 1, 2]);
     });
 }
