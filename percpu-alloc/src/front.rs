@@ -17,9 +17,10 @@
 use crate::os;
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::transfer;
+use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
-use rseq_sys::{Backend, BoundedStack, Outcome, Rseq, SlotArray};
+use rseq_sys::{Backend, BoundedStack, Outcome, Rseq, SharedSection, SlotArray};
 
 const BACKEND: Rseq = Rseq::CONCURRENCY_ID;
 const MAX_BATCH: usize = 32;
@@ -32,17 +33,28 @@ const DISABLED: u8 = 3;
 /// Only the set-up protocol reads this; the fast paths look at [`REGIONS`] alone.
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 
-/// Where the regions are: `base` is null until they are ready, then published with release
-/// after `slots`. One line, so a fast path makes two loads from one place.
+/// Where the regions are, and how to reach this thread's rseq area: `base` is null until
+/// they are ready, then published with release after the other fields. One line, so a fast
+/// path reads everything it needs from one place (rseq-sys's own statics sit in another
+/// crate, which costs an extra load through the global offset table when not linked with LTO).
 #[repr(C, align(64))]
 struct Regions {
     base: AtomicPtr<u8>,
     slots: AtomicUsize,
+    /// The process-wide section while glibc owns rseq. Written once by `init` before `base`
+    /// is published, never after; read only after `base` was seen non-null (acquire).
+    shared: UnsafeCell<Option<SharedSection>>,
 }
+
+// SAFETY: `shared` is written only by `init`, by the one thread that won the UNINIT -> BUSY
+// transition, before the release store of `base`; every read happens after an acquire load
+// saw that store, so no read races the write. The other fields are atomics.
+unsafe impl Sync for Regions {}
 
 static REGIONS: Regions = Regions {
     base: AtomicPtr::new(core::ptr::null_mut()),
     slots: AtomicUsize::new(0),
+    shared: UnsafeCell::new(None),
 };
 
 /// Bytes from one slot's region to the next: a constant, so finding this CPU's header is a
@@ -128,6 +140,9 @@ fn init() {
         }
     }
     REGIONS.slots.store(slots, Ordering::Relaxed);
+    // SAFETY: this thread won the UNINIT -> BUSY transition, so it is the only writer, and
+    // nobody reads `shared` before `base` is published just below.
+    unsafe { *REGIONS.shared.get() = BACKEND.shared() };
     REGIONS.base.store(base.as_ptr(), Ordering::Release);
     STATE.store(READY, Ordering::Release);
 }
@@ -135,22 +150,28 @@ fn init() {
 /// The stacks of `class` on every slot, or `None` when the caches are not (yet) available.
 #[inline(always)]
 fn stacks(class: usize) -> Option<SlotArray<'static, BoundedStack>> {
+    caches(class).map(|(stacks, _)| stacks)
+}
+
+/// [`stacks`], and the process-wide section when there is one.
+#[inline(always)]
+fn caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, Option<SharedSection>)> {
     let mut base = REGIONS.base.load(Ordering::Acquire);
     if base.is_null() {
         base = set_up_regions()?;
     }
+    // SAFETY: `base` is non-null, so `init` published it after writing `shared` (acquired
+    // above, or by `set_up_regions`); nothing writes `shared` again.
+    let shared = unsafe { *REGIONS.shared.get() };
     // SAFETY: a non-null base was published with release after `slots` was stored and every
     // header initialised (acquired above, or by `set_up_regions`), and the regions are never
     // unmapped; header `class` of slot `c` is at `base + c * STRIDE + class * HEADER_BYTES`, a
     // live, aligned `BoundedStack` used only through atomics.
-    unsafe {
+    let stacks = unsafe {
         let first = NonNull::new_unchecked(base.add(class * HEADER_BYTES)).cast::<BoundedStack>();
-        Some(SlotArray::from_raw_parts(
-            first,
-            STRIDE,
-            REGIONS.slots.load(Ordering::Relaxed),
-        ))
-    }
+        SlotArray::from_raw_parts(first, STRIDE, REGIONS.slots.load(Ordering::Relaxed))
+    };
+    Some((stacks, shared))
 }
 
 /// The regions' base once they are ready: sets them up on the first call; `None` while
@@ -172,11 +193,16 @@ fn set_up_regions() -> Option<*mut u8> {
 /// `#[inline]`: compiled in this crate, its statics are addressed directly rather than
 /// through the global offset table.
 pub(crate) fn alloc(class: usize) -> *mut u8 {
-    if let Some(stacks) = stacks(class) {
+    if let Some((stacks, shared)) = caches(class) {
         // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an
         // array of 8-byte words in the same live mapping, touched only by these operations
-        // and atomic loads.
-        let popped = unsafe { BACKEND.pop_word(stacks) };
+        // and atomic loads. The shared section is the same rseq area `BACKEND` would use.
+        let popped = unsafe {
+            match shared {
+                Some(section) => section.pop_word(stacks),
+                None => BACKEND.pop_word(stacks),
+            }
+        };
         if let Outcome::Completed {
             value: Some(object),
             ..
@@ -246,9 +272,14 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>) -> *mut u8 {
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once.
 pub(crate) unsafe fn free(class: usize, object: *mut u8) {
-    if let Some(stacks) = stacks(class) {
+    if let Some((stacks, shared)) = caches(class) {
         // SAFETY: as in `alloc`; the caller hands over the object.
-        let pushed = unsafe { BACKEND.push_word(stacks, object) };
+        let pushed = unsafe {
+            match shared {
+                Some(section) => section.push_word(stacks, object),
+                None => BACKEND.push_word(stacks, object),
+            }
+        };
         if let Outcome::Completed { value: Ok(()), .. } = pushed {
             return;
         }

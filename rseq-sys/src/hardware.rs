@@ -55,6 +55,44 @@ impl Rseq {
     pub fn pin(&self) -> Option<PinnedRseq> {
         imp::pin(self.index)
     }
+
+    /// The section every thread of the process uses, when there is one: only while glibc
+    /// owns the registration, because glibc places every thread's area at the same offset
+    /// from its thread pointer (`__rseq_offset`). `None` when rseq-sys registers itself (an
+    /// area is a thread's own, and where it sits depends on how this library was loaded)
+    /// or rseq is unavailable.
+    ///
+    /// Unlike [`PinnedRseq`] the handle is `Send` and `Sync`, so a structure can find it
+    /// once and keep it in a `static` next to its own data: an allocator's fast path then
+    /// reads one line instead of rseq-sys's statics as well. A thread whose registration
+    /// failed, or that is starting or exiting, reads a negative CPU id through it and gets
+    /// [`Outcome::NoCpu`], as through [`Rseq`].
+    ///
+    /// ```
+    /// use rseq_sys::{Backend, Outcome, Rseq, SlotArray};
+    /// use std::sync::atomic::AtomicU64;
+    ///
+    /// let slots: Vec<AtomicU64> = (0..Rseq::CPU_ID.slot_count()).map(|_| AtomicU64::new(0)).collect();
+    /// if let Some(shared) = Rseq::CPU_ID.shared() {
+    ///     std::thread::scope(|s| {
+    ///         s.spawn(|| while shared.add(SlotArray::from_slice(&slots), 1) == Outcome::Aborted {});
+    ///     });
+    /// }
+    /// ```
+    #[inline]
+    pub fn shared(&self) -> Option<SharedSection> {
+        imp::shared(self.index)
+    }
+}
+
+/// [`Rseq`] with the process-wide section found once: see [`Rseq::shared`].
+#[derive(Debug, Clone, Copy)]
+pub struct SharedSection {
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom))),
+        allow(dead_code)
+    )]
+    section: imp::Pinned,
 }
 
 /// [`Rseq`] with the calling thread's section found once. Not `Send`: it describes this
@@ -157,6 +195,10 @@ impl PinnedRseq {
     forward_to_sections!();
 }
 
+impl SharedSection {
+    forward_to_sections!();
+}
+
 cfg_if::cfg_if! {
     if #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom)))] {
         mod imp {
@@ -167,6 +209,10 @@ cfg_if::cfg_if! {
 
             pub(super) fn pin(index: IndexBy) -> Option<PinnedRseq> {
                 crate::os::run_in_section(index, |section| PinnedRseq { section, _not_send: PhantomData })
+            }
+
+            pub(super) fn shared(index: IndexBy) -> Option<SharedSection> {
+                crate::os::glibc_section(index).map(|section| SharedSection { section })
             }
 
             /// Aborts and "no CPU" are rare: marked cold, they stay off the straight line.
@@ -282,6 +328,9 @@ cfg_if::cfg_if! {
             pub(super) enum Pinned {}
 
             pub(super) fn pin(_: IndexBy) -> Option<PinnedRseq> {
+                None
+            }
+            pub(super) fn shared(_: IndexBy) -> Option<SharedSection> {
                 None
             }
             pub(super) fn add(section: Pinned, _: SlotArray<'_, AtomicU64>, _: u64) -> Outcome<()> {

@@ -88,7 +88,7 @@ pub mod sync;
 #[cfg(all(feature = "testing", target_os = "linux"))]
 pub mod testing;
 
-pub use hardware::{PinnedRseq, Rseq};
+pub use hardware::{PinnedRseq, Rseq, SharedSection};
 pub use ops::{Backend, BoundedStack, IndexBy, Outcome, SlotArray, SlotWord, LINK_LOCKED};
 pub use simulate::Simulated;
 pub use status::{status, Status};

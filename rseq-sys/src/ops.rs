@@ -194,7 +194,14 @@ fn byte_offset<E, T>(element: &E, field: &T) -> usize {
 /// A remote owner stops the per-CPU operations on a stack by moving `begin` and `end` to
 /// `top` (both checks then decline), fencing the stack's CPU, and re-reading `top`: if it
 /// changed, a section committed in between and the stop must be retried. While stopped, the
-/// owner may move items and storage freely; restoring `begin`/`end` restarts the stack.
+/// owner may move items and storage freely.
+///
+/// Restarting takes a second fence. A section reads `top`, then the bound it checks, then
+/// commits from the `top` it read; if the owner stored a new `top` and then widened the
+/// bounds with no fence between, a section that read the *old* `top` and the *new* bounds
+/// would commit from stale state (popping an item already moved away, or pushing over
+/// vacated slots). So: store the new `top` while `begin == end` still equal the stopped
+/// top, fence, and only then restore `begin` and `end`.
 #[repr(C)]
 #[derive(Debug)]
 pub struct BoundedStack {

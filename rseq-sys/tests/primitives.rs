@@ -390,3 +390,46 @@ fn a_pinned_handle_outliving_its_registration_never_writes() {
     .join()
     .unwrap();
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "hardware-sized: millions of operations")]
+fn one_shared_section_serves_every_thread_exactly() {
+    for rseq in backends() {
+        let shared = rseq.shared();
+        // Only glibc's registration puts every thread's area at one offset.
+        assert_eq!(
+            shared.is_some(),
+            rseq_sys::owner() == rseq_sys::Owner::Glibc,
+            "{rseq:?}"
+        );
+        let Some(shared) = shared else { continue };
+        let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
+        let fallback = AtomicU64::new(0);
+        let per_thread = 200_000u64;
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                // Found once on the main thread and handed to threads that never looked it up.
+                s.spawn(|| {
+                    for _ in 0..per_thread {
+                        let outcome = loop {
+                            match shared.add(SlotArray::from_slice(&slots), 1) {
+                                Outcome::Aborted => continue,
+                                outcome => break outcome,
+                            }
+                        };
+                        if outcome == Outcome::NoCpu {
+                            fallback.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let on_cpus: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        assert_eq!(
+            on_cpus + fallback.load(Ordering::Relaxed),
+            THREADS as u64 * per_thread
+        );
+        // glibc registers every thread, so the adds ran per CPU.
+        assert!(on_cpus > 0, "{rseq:?}");
+    }
+}

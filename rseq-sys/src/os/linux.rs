@@ -410,6 +410,16 @@ pub(crate) fn run_in_section<R>(index: IndexBy, op: impl Fn(Section) -> R) -> Op
     Some(op(Section::of_area(area, index_field(index))))
 }
 
+/// The section at glibc's offset, the same in every thread: `None` unless glibc owns the
+/// registration (deciding the owner if nobody has yet).
+pub(crate) fn glibc_section(index: IndexBy) -> Option<Section> {
+    if owner_state()? != GLIBC {
+        return None;
+    }
+    let offset = GLIBC_OFFSET.load(Ordering::Relaxed);
+    (offset != NOT_GLIBC).then(|| Section::at_offset(offset, index_field(index)))
+}
+
 #[inline(always)]
 fn index_field(index: IndexBy) -> usize {
     match index {
