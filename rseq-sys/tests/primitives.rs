@@ -12,43 +12,57 @@ fn backends() -> [Rseq; 2] {
     [Rseq::CPU_ID, Rseq::CONCURRENCY_ID]
 }
 
+/// Adds made by each test below: `THREADS` threads, each adding 1 this many times.
+const ADDS_PER_THREAD: u64 = 200_000;
+
+/// Runs `THREADS` threads that each make a handle with `make` and add 1 to `slots`
+/// `ADDS_PER_THREAD` times through `add`, retrying aborted adds and counting "no CPU" ones
+/// in a fallback word. Returns (the slots' total, the fallback's).
+fn add_from_threads<H>(
+    slots: &[AtomicU64],
+    make: impl Fn() -> H + Sync,
+    add: impl Fn(&H, SlotArray<'_, AtomicU64>) -> Outcome<()> + Sync,
+) -> (u64, u64) {
+    let fallback = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                let handle = make();
+                for _ in 0..ADDS_PER_THREAD {
+                    loop {
+                        match add(&handle, SlotArray::from_slice(slots)) {
+                            Outcome::Completed { cpu, .. } => {
+                                assert!(cpu < slots.len());
+                                break;
+                            }
+                            Outcome::Aborted => continue,
+                            Outcome::NoCpu => {
+                                fallback.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let on_cpus = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    (on_cpus, fallback.load(Ordering::Relaxed))
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "hardware-sized: millions of operations")]
 fn add_is_exact_across_threads() {
     for rseq in backends() {
         let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
-        let fallback = AtomicU64::new(0);
-        let per_thread = 200_000u64;
-        std::thread::scope(|s| {
-            for _ in 0..THREADS {
-                s.spawn(|| {
-                    for _ in 0..per_thread {
-                        loop {
-                            match rseq.add(SlotArray::from_slice(&slots), 1) {
-                                Outcome::Completed { cpu, .. } => {
-                                    assert!(cpu < slots.len());
-                                    break;
-                                }
-                                Outcome::Aborted => continue,
-                                Outcome::NoCpu => {
-                                    fallback.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        let total: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>()
-            + fallback.load(Ordering::Relaxed);
-        assert_eq!(total, THREADS as u64 * per_thread, "{rseq:?}");
+        let (on_cpus, fell_back) = add_from_threads(&slots, || (), |_, slots| rseq.add(slots, 1));
+        assert_eq!(
+            on_cpus + fell_back,
+            THREADS as u64 * ADDS_PER_THREAD,
+            "{rseq:?}"
+        );
         if rseq_sys::cpu_id().is_some() {
-            assert_eq!(
-                fallback.load(Ordering::Relaxed),
-                0,
-                "registered threads should not fall back"
-            );
+            assert_eq!(fell_back, 0, "registered threads should not fall back");
         }
     }
 }
@@ -342,33 +356,19 @@ fn copy_then_commit_round_trips_records() {
 fn pinned_adds_are_exact_across_threads() {
     let rseq = Rseq::CPU_ID;
     let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
-    let fallback = AtomicU64::new(0);
-    let per_thread = 200_000u64;
-    std::thread::scope(|s| {
-        for _ in 0..THREADS {
-            s.spawn(|| {
-                let pinned = rseq.pin();
-                assert_eq!(pinned.is_some(), rseq_sys::cpu_id().is_some());
-                for _ in 0..per_thread {
-                    let outcome = loop {
-                        let outcome = match &pinned {
-                            Some(pinned) => pinned.add(SlotArray::from_slice(&slots), 1),
-                            None => Outcome::NoCpu,
-                        };
-                        if outcome != Outcome::Aborted {
-                            break outcome;
-                        }
-                    };
-                    if outcome == Outcome::NoCpu {
-                        fallback.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    let total: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>()
-        + fallback.load(Ordering::Relaxed);
-    assert_eq!(total, THREADS as u64 * per_thread);
+    let (on_cpus, fell_back) = add_from_threads(
+        &slots,
+        || {
+            let pinned = rseq.pin();
+            assert_eq!(pinned.is_some(), rseq_sys::cpu_id().is_some());
+            pinned
+        },
+        |pinned, slots| match pinned {
+            Some(pinned) => pinned.add(slots, 1),
+            None => Outcome::NoCpu,
+        },
+    );
+    assert_eq!(on_cpus + fell_back, THREADS as u64 * ADDS_PER_THREAD);
 }
 
 #[test]
@@ -404,30 +404,12 @@ fn one_shared_section_serves_every_thread_exactly() {
         );
         let Some(shared) = shared else { continue };
         let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
-        let fallback = AtomicU64::new(0);
-        let per_thread = 200_000u64;
-        std::thread::scope(|s| {
-            for _ in 0..THREADS {
-                // Found once on the main thread and handed to threads that never looked it up.
-                s.spawn(|| {
-                    for _ in 0..per_thread {
-                        let outcome = loop {
-                            match shared.add(SlotArray::from_slice(&slots), 1) {
-                                Outcome::Aborted => continue,
-                                outcome => break outcome,
-                            }
-                        };
-                        if outcome == Outcome::NoCpu {
-                            fallback.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
-        let on_cpus: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        // Found once on the main thread and used by threads that never looked it up.
+        let (on_cpus, fell_back) = add_from_threads(&slots, || (), |_, slots| shared.add(slots, 1));
         assert_eq!(
-            on_cpus + fallback.load(Ordering::Relaxed),
-            THREADS as u64 * per_thread
+            on_cpus + fell_back,
+            THREADS as u64 * ADDS_PER_THREAD,
+            "{rseq:?}"
         );
         // glibc registers every thread, so the adds ran per CPU.
         assert!(on_cpus > 0, "{rseq:?}");
