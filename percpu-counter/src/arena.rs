@@ -68,9 +68,10 @@ pub struct ArenaCounter<B: Backend = Rseq> {
 }
 
 impl PerCpuArena {
-    /// An empty arena on real rseq (indexed by CPU id).
+    /// An empty arena on real rseq (indexed by CPU id, the backend
+    /// [resolved](Rseq::resolved) once).
     pub fn new() -> Self {
-        PerCpuArena::with_backend(Rseq::CPU_ID)
+        PerCpuArena::with_backend(Rseq::CPU_ID.resolved())
     }
 }
 

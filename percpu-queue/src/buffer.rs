@@ -93,9 +93,10 @@ impl<T, B: Backend> core::fmt::Debug for PerCpuBuffer<T, B> {
 }
 
 impl<T> PerCpuBuffer<T, Rseq> {
-    /// A buffer holding up to `capacity` items per CPU, on real rseq indexed by CPU id.
+    /// A buffer holding up to `capacity` items per CPU, on real rseq indexed by CPU id (the
+    /// backend [resolved](Rseq::resolved) once).
     pub fn with_capacity(capacity: usize) -> Self {
-        Self::with_backend(Rseq::CPU_ID, capacity)
+        Self::with_backend(Rseq::CPU_ID.resolved(), capacity)
     }
 }
 

@@ -85,9 +85,10 @@ impl<T, B: Backend> core::fmt::Debug for FreeList<T, B> {
 }
 
 impl<T> FreeList<T, Rseq> {
-    /// An empty freelist on real rseq, indexed by CPU id.
+    /// An empty freelist on real rseq, indexed by CPU id (the backend
+    /// [resolved](Rseq::resolved) once).
     pub fn new() -> Self {
-        Self::with_backend(Rseq::CPU_ID)
+        Self::with_backend(Rseq::CPU_ID.resolved())
     }
 }
 

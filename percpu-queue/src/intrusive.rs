@@ -80,10 +80,11 @@ fn locked(head: *mut u8) -> bool {
 }
 
 impl IntrusiveList<Rseq> {
-    /// An empty list on real rseq (indexed by CPU id), for nodes whose next field is at
+    /// An empty list on real rseq (indexed by CPU id, the backend [resolved](Rseq::resolved)
+    /// once), for nodes whose next field is at
     /// `next_offset` bytes.
     pub fn new(next_offset: usize) -> Self {
-        Self::with_backend(Rseq::CPU_ID, next_offset)
+        Self::with_backend(Rseq::CPU_ID.resolved(), next_offset)
     }
 }
 

@@ -39,9 +39,10 @@ impl<T, B: Backend> core::fmt::Debug for Pool<T, B> {
 }
 
 impl<T> Pool<T, Rseq> {
-    /// A pool keeping at most `max_idle` objects, creating them with `create`, on real rseq.
+    /// A pool keeping at most `max_idle` objects, creating them with `create`, on real rseq
+    /// (the backend [resolved](Rseq::resolved) once).
     pub fn new(max_idle: usize, create: impl Fn() -> T + Send + Sync + 'static) -> Self {
-        Self::with_backend(Rseq::CPU_ID, max_idle, create)
+        Self::with_backend(Rseq::CPU_ID.resolved(), max_idle, create)
     }
 }
 

@@ -9,11 +9,31 @@ use core::ptr::NonNull;
 /// Real rseq critical sections. Indexed by [`IndexBy::CpuId`] unless built with
 /// [`Rseq::CONCURRENCY_ID`].
 ///
-/// Each operation finds the calling thread's area (one load and a test under glibc). For a
-/// hot loop on one thread, [`Rseq::pin`] finds it once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Each operation finds the calling thread's area (one load and a test under glibc), unless
+/// the backend was [`resolved`](Rseq::resolved) at run time while glibc owns rseq: then it
+/// carries the process-wide section and reads it from wherever the backend is stored. For a
+/// hot loop on one thread, [`Rseq::pin`] finds the area once.
+///
+/// Two backends are equal when they index by the same field (resolved or not, they address
+/// the same slots).
+#[derive(Debug, Clone, Copy)]
 pub struct Rseq {
     index: IndexBy,
+    shared: Option<SharedSection>,
+}
+
+impl PartialEq for Rseq {
+    fn eq(&self, other: &Rseq) -> bool {
+        self.index == other.index
+    }
+}
+
+impl Eq for Rseq {}
+
+impl core::hash::Hash for Rseq {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.index.hash(state);
+    }
 }
 
 impl Default for Rseq {
@@ -26,11 +46,38 @@ impl Rseq {
     /// Slots indexed by `cpu_id`.
     pub const CPU_ID: Rseq = Rseq {
         index: IndexBy::CpuId,
+        shared: None,
     };
     /// Slots indexed by `mm_cid` where promised (see [`IndexBy::ConcurrencyId`]).
     pub const CONCURRENCY_ID: Rseq = Rseq {
         index: IndexBy::ConcurrencyId,
+        shared: None,
     };
+
+    /// This backend carrying the [`shared`](Rseq::shared) section when there is one: each
+    /// operation then takes the section from the backend value itself (typically on the
+    /// same cache line as the structure's own fields) instead of looking up the thread's
+    /// area through rseq-sys's statics. Structures built at run time resolve their backend
+    /// once; the `const` ones cannot, and look the area up per operation.
+    ///
+    /// ```
+    /// use rseq_sys::{Backend, Rseq};
+    ///
+    /// let backend = Rseq::CPU_ID.resolved();
+    /// assert_eq!(backend, Rseq::CPU_ID);
+    /// assert_eq!(backend.is_resolved(), rseq_sys::owner() == rseq_sys::Owner::Glibc);
+    /// ```
+    pub fn resolved(self) -> Rseq {
+        Rseq {
+            index: self.index,
+            shared: self.shared(),
+        }
+    }
+
+    /// Whether this backend carries the process-wide section (see [`resolved`](Rseq::resolved)).
+    pub fn is_resolved(&self) -> bool {
+        self.shared.is_some()
+    }
 
     /// The field this backend indexes by.
     pub const fn index_by(&self) -> IndexBy {
@@ -86,7 +133,7 @@ impl Rseq {
 }
 
 /// [`Rseq`] with the process-wide section found once: see [`Rseq::shared`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SharedSection {
     #[cfg_attr(
         not(all(target_os = "linux", target_arch = "x86_64", not(miri), not(loom))),
@@ -309,9 +356,14 @@ cfg_if::cfg_if! {
                 outcome(status, cpu, |declined| !declined)
             }
 
-            /// Run `op` on this thread's section, or report no CPU.
+            /// Run `op` on the backend's shared section if it carries one (its own copy of
+            /// `op`, as `run_in_section` gives each of its paths), else on this thread's
+            /// section, or report no CPU.
             #[inline(always)]
-            pub(super) fn per_operation<T>(index: IndexBy, op: impl Fn(Section) -> Outcome<T>) -> Outcome<T> {
+            pub(super) fn per_operation<T>(index: IndexBy, shared: Option<SharedSection>, op: impl Fn(Section) -> Outcome<T>) -> Outcome<T> {
+                if let Some(shared) = shared {
+                    return op(shared.section);
+                }
                 crate::os::run_in_section(index, op).unwrap_or(Outcome::NoCpu)
             }
 
@@ -324,7 +376,7 @@ cfg_if::cfg_if! {
             use super::*;
 
             /// No section exists on this target; a `PinnedRseq` is never built.
-            #[derive(Debug, Clone, Copy)]
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
             pub(super) enum Pinned {}
 
             pub(super) fn pin(_: IndexBy) -> Option<PinnedRseq> {
@@ -357,7 +409,7 @@ cfg_if::cfg_if! {
             pub(super) unsafe fn pop_copy(section: Pinned, _: SlotArray<'_, BoundedStack>, _: &mut [u8]) -> Outcome<bool> {
                 match section {}
             }
-            pub(super) fn per_operation<T>(_: IndexBy, _: impl Fn(Pinned) -> Outcome<T>) -> Outcome<T> {
+            pub(super) fn per_operation<T>(_: IndexBy, _: Option<SharedSection>, _: impl Fn(Pinned) -> Outcome<T>) -> Outcome<T> {
                 Outcome::NoCpu
             }
             pub(super) fn current_cpu(_: IndexBy) -> Option<usize> {
@@ -379,7 +431,9 @@ impl Backend for Rseq {
 
     #[inline(always)]
     fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
-        imp::per_operation(self.index, |section| imp::add(section, slots, value))
+        imp::per_operation(self.index, self.shared, |section| {
+            imp::add(section, slots, value)
+        })
     }
 
     #[inline(always)]
@@ -389,7 +443,7 @@ impl Backend for Rseq {
         expected: W::Value,
         new: W::Value,
     ) -> Outcome<Result<(), W::Value>> {
-        imp::per_operation(self.index, |section| {
+        imp::per_operation(self.index, self.shared, |section| {
             imp::compare_and_store(section, slots, expected, new)
         })
     }
@@ -401,7 +455,7 @@ impl Backend for Rseq {
         next_offset: usize,
     ) -> Outcome<Result<NonNull<u8>, *mut u8>> {
         // SAFETY: the caller upholds this method's contract, which is `imp::pop_linked`'s.
-        imp::per_operation(self.index, |section| unsafe {
+        imp::per_operation(self.index, self.shared, |section| unsafe {
             imp::pop_linked(section, heads, next_offset)
         })
     }
@@ -414,7 +468,7 @@ impl Backend for Rseq {
         next_offset: usize,
     ) -> Outcome<Result<(), *mut u8>> {
         // SAFETY: the caller upholds this method's contract, which is `imp::push_linked`'s.
-        imp::per_operation(self.index, |section| unsafe {
+        imp::per_operation(self.index, self.shared, |section| unsafe {
             imp::push_linked(section, heads, node, next_offset)
         })
     }
@@ -426,7 +480,7 @@ impl Backend for Rseq {
         item: *mut u8,
     ) -> Outcome<Result<(), *mut u8>> {
         // SAFETY: the caller upholds this method's contract, which is `imp::push_word`'s.
-        imp::per_operation(self.index, |section| unsafe {
+        imp::per_operation(self.index, self.shared, |section| unsafe {
             imp::push_word(section, stacks, item)
         })
     }
@@ -434,7 +488,7 @@ impl Backend for Rseq {
     #[inline(always)]
     unsafe fn pop_word(&self, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
         // SAFETY: the caller upholds this method's contract, which is `imp::pop_word`'s.
-        imp::per_operation(self.index, |section| unsafe {
+        imp::per_operation(self.index, self.shared, |section| unsafe {
             imp::pop_word(section, stacks)
         })
     }
@@ -442,7 +496,7 @@ impl Backend for Rseq {
     #[inline(always)]
     unsafe fn push_copy(&self, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
         // SAFETY: the caller upholds this method's contract, which is `imp::push_copy`'s.
-        imp::per_operation(self.index, |section| unsafe {
+        imp::per_operation(self.index, self.shared, |section| unsafe {
             imp::push_copy(section, stacks, src)
         })
     }
@@ -454,7 +508,7 @@ impl Backend for Rseq {
         dst: &mut [u8],
     ) -> Outcome<bool> {
         let (ptr, len) = (dst.as_mut_ptr(), dst.len());
-        imp::per_operation(self.index, |section| {
+        imp::per_operation(self.index, self.shared, |section| {
             // SAFETY: the caller upholds this method's contract; `ptr`/`len` describe the
             // caller's exclusive `dst`, re-borrowed for this one call (the closure runs once).
             unsafe { imp::pop_copy(section, stacks, core::slice::from_raw_parts_mut(ptr, len)) }

@@ -85,7 +85,7 @@ macro_rules! critical_section {
 /// Where a critical section runs, as offsets from the thread pointer: the thread's area and
 /// the index field inside it. Sections address them `fs:`-relative, which saves loading the
 /// thread pointer and forming addresses on every operation.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Section {
     pub(crate) area: isize,
     pub(crate) index: isize,
