@@ -367,6 +367,7 @@ cfg_if::cfg_if! {
                 crate::os::run_in_section(index, op).unwrap_or(Outcome::NoCpu)
             }
 
+            #[inline]
             pub(super) fn current_cpu(index: IndexBy) -> Option<usize> {
                 crate::os::current_index(index)
             }
@@ -420,6 +421,7 @@ cfg_if::cfg_if! {
 }
 
 impl Backend for Rseq {
+    #[inline]
     fn slot_count(&self) -> usize {
         crate::possible_cpus()
     }

@@ -73,6 +73,7 @@ fn reason_code(errno: i32) -> u8 {
 
 /// The owner, deciding it on first use. `None` while another call (on this thread, re-entered
 /// from an allocator or a signal handler, or on another thread) is deciding it.
+#[inline]
 pub(crate) fn owner_state() -> Option<u8> {
     match OWNER.load(Ordering::Acquire) {
         UNDECIDED => decide(),
@@ -385,6 +386,7 @@ unsafe extern "C" fn thread_exit(_: *mut c_void) {
 
 /// This thread's current slot index (`cpu_id`, or the field `index` selects), registering
 /// lazily in self mode. `None`: no rseq, or negative.
+#[inline]
 pub(crate) fn current_index(index: IndexBy) -> Option<usize> {
     run_in_section(index, |section| {
         // SAFETY: the section is this thread's registered area and its index field is inside.
