@@ -5,10 +5,23 @@
 //! out, so a fresh span costs nothing until used. Everything happens under the class's spin
 //! lock, around code that does not allocate (a new span comes from the page heap, which
 //! takes its own lock and only maps memory).
+//!
+//! Objects do not know their span, and nothing counts live objects per span (that would
+//! cost a pagemap lookup and a counter update on every object moved here). Instead
+//! [`release_free_spans`] sweeps a class's list now and then: it sorts the free objects by
+//! address, counts them per span (the pagemap knows each object's span start), and gives
+//! every span whose objects are all here back to the page heap. The sweep is
+//! `O(n log n)` in the list's length and runs only on an explicit
+//! [`release_memory`](crate::release_memory) or when the free bytes here grew past the
+//! release threshold (see [`release`](crate::release)).
 
+use crate::os;
 use crate::page_heap;
+use crate::pagemap;
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 struct Central {
     /// Freed objects, linked through their first word.
@@ -35,6 +48,14 @@ static CENTRAL: [SpinLock<Central>; NUM_CLASSES] = [const {
     })
 }; NUM_CLASSES];
 
+/// Bytes of objects on all classes' free lists (updated under each class's lock).
+static FREE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of objects on the central free lists of all classes.
+pub(crate) fn free_bytes() -> usize {
+    FREE_BYTES.load(Ordering::Relaxed)
+}
+
 /// Fill `out` with free objects of `class`; returns how many (0 only when out of memory).
 pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
     let size = CLASSES[class].size;
@@ -47,6 +68,7 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
             // their first word holds the next link written by `insert`.
             list.free = unsafe { object.cast::<*mut u8>().read() };
             list.free_count -= 1;
+            FREE_BYTES.fetch_sub(size, Ordering::Relaxed);
             out[n] = object;
             n += 1;
         } else if list.bump_end - list.bump >= size {
@@ -84,10 +106,143 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
         list.free = object;
     }
     list.free_count += items.len();
+    FREE_BYTES.fetch_add(items.len() * CLASSES[class].size, Ordering::Relaxed);
 }
 
 /// `(objects ever carved from spans, objects on the free list)` for `class`.
 pub(crate) fn counts(class: usize) -> (usize, usize) {
     let list = CENTRAL[class].lock();
     (list.carved, list.free_count)
+}
+
+/// Give every wholly free span of `class` back to the page heap (which releases its memory
+/// to the system); returns the bytes released.
+///
+/// A span is wholly free when all the objects ever carved from it are on the free list:
+/// every object of the span, or for the span the bump range is in, every object before
+/// the bump pointer (the rest was never handed out, and goes with it). The free objects are
+/// copied to a scratch mapping, sorted by address (so each span's objects are adjacent),
+/// counted per span, and the survivors relinked in address order, which also makes later
+/// allocations walk memory upwards. The spans themselves are handed to the page heap after
+/// the list's lock is dropped.
+pub(crate) fn release_free_spans(class: usize) -> usize {
+    let size = CLASSES[class].size;
+    let span_bytes = CLASSES[class].span_bytes;
+    let per_span = span_bytes / size;
+    let word = core::mem::size_of::<usize>();
+    let mut list = CENTRAL[class].lock();
+    let n = list.free_count;
+    // The span the bump range is in, and how many objects were carved from it.
+    let bump_span = if list.bump < list.bump_end {
+        pagemap::span_start(list.bump_end - 1).map(|span| (span, (list.bump - span) / size))
+    } else {
+        None
+    };
+    let fewest = match bump_span {
+        Some((_, carved)) if carved > 0 => carved.min(per_span),
+        _ => per_span,
+    };
+    if n == 0 || n < fewest {
+        return 0;
+    }
+    let scratch_bytes = (n * word).next_multiple_of(os::page_size());
+    let Some(scratch) = os::map(scratch_bytes) else {
+        return 0;
+    };
+    // SAFETY: the fresh mapping holds `n` words, is zeroed (valid `usize`s), and is only
+    // used through this slice until it is unmapped below.
+    let objects = unsafe { core::slice::from_raw_parts_mut(scratch.as_ptr().cast::<usize>(), n) };
+    let mut next = list.free;
+    for slot in objects.iter_mut() {
+        *slot = next as usize;
+        // SAFETY: `free_count` objects are on the list, each linked through its first
+        // word by `insert` (or by the relinking below).
+        next = unsafe { next.cast::<*mut u8>().read() };
+    }
+    objects.sort_unstable();
+    // Released spans' starts are written over the front of `objects`: each released span
+    // had at least one object, so the write index never passes the group being read.
+    let mut released_spans = 0;
+    let mut head: *mut u8 = core::ptr::null_mut();
+    let mut tail: *mut u8 = core::ptr::null_mut();
+    let mut kept = 0;
+    let mut i = 0;
+    while i < n {
+        // Every free object lies in a span of this class; `None` would be a broken book,
+        // and keeping such an object on the list is the harmless answer.
+        let span = pagemap::span_start(objects[i]);
+        let mut j = i + 1;
+        if let Some(span) = span {
+            // Spans do not overlap, so the sorted objects below `span + span_bytes` from
+            // `i` on are exactly this span's.
+            while j < n && objects[j] < span + span_bytes {
+                j += 1;
+            }
+        }
+        let carved = match (span, bump_span) {
+            (Some(span), Some((bump, carved))) if span == bump => carved,
+            _ => per_span,
+        };
+        match span {
+            Some(span) if j - i == carved => {
+                if matches!(bump_span, Some((bump, _)) if bump == span) {
+                    list.bump = 0;
+                    list.bump_end = 0;
+                }
+                list.carved -= carved;
+                objects[released_spans] = span;
+                released_spans += 1;
+            }
+            _ => {
+                for &object in &objects[i..j] {
+                    let object = object as *mut u8;
+                    if tail.is_null() {
+                        head = object;
+                    } else {
+                        // SAFETY: `tail` is a free object of this list (at least 8 bytes,
+                        // 8-aligned, unused): its first word is the link.
+                        unsafe { tail.cast::<*mut u8>().write(object) };
+                    }
+                    tail = object;
+                    kept += 1;
+                }
+            }
+        }
+        i = j;
+    }
+    if !tail.is_null() {
+        // SAFETY: as above.
+        unsafe { tail.cast::<*mut u8>().write(core::ptr::null_mut()) };
+    }
+    list.free = head;
+    list.free_count = kept;
+    FREE_BYTES.fetch_sub((n - kept) * size, Ordering::Relaxed);
+    drop(list);
+    let mut released = 0;
+    for &span in &objects[..released_spans] {
+        // SAFETY: every object carved from this span was on the free list and has been
+        // taken off it under the lock, and the bump range no longer points into it, so
+        // nothing refers to the span any more; span starts are never null.
+        released +=
+            unsafe { page_heap::release_span(NonNull::new_unchecked(span as *mut u8), span_bytes) };
+    }
+    // SAFETY: the scratch mapping is ours and `objects` is not used past this point.
+    unsafe { os::unmap(scratch, scratch_bytes) };
+    released
+}
+
+/// Take every class's lock and keep them, in class order (the fork `prepare` handler).
+pub(crate) fn lock_for_fork() {
+    CENTRAL.iter().for_each(SpinLock::lock_and_keep);
+}
+
+/// Release the locks taken by [`lock_for_fork`].
+///
+/// # Safety
+/// As for [`SpinLock::unlock_kept`].
+pub(crate) unsafe fn unlock_after_fork() {
+    for lock in CENTRAL.iter().rev() {
+        // SAFETY: forwarded from the caller.
+        unsafe { lock.unlock_kept() };
+    }
 }

@@ -14,6 +14,7 @@
 //! store, ever (DESIGN invariant 1). Headers are written only while the regions are private
 //! to the initialising thread, before they are published with release.
 
+use crate::central;
 use crate::os;
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::transfer;
@@ -360,4 +361,152 @@ pub(crate) fn cached(class: usize) -> usize {
             top.saturating_sub(begin) / 8
         })
         .sum()
+}
+
+/// In a forked child: the per-CPU regions being set up by another thread at the fork will
+/// never be finished here (that thread does not exist in the child), so undo the claim
+/// and let the child set them up itself (the parent's half-made mapping is left unused).
+/// Regions already published are kept: the child inherited them whole.
+pub(crate) fn after_fork_in_child() {
+    if STATE.load(Ordering::Acquire) == BUSY {
+        let published = !REGIONS.base.load(Ordering::Acquire).is_null();
+        STATE.store(if published { READY } else { UNINIT }, Ordering::Release);
+    }
+}
+
+/// Move every object cached in every slot's stacks to the central lists; returns how many.
+/// The caller holds the release lock, which makes it the only remote owner of any stack.
+///
+/// The `BoundedStack` stop protocol (see its docs and percpu-queue's buffer), for all
+/// stacks at once so that the whole drain costs two fences:
+///
+/// 1. stop each stack that is not empty (or was left stopped): `begin = end = top`;
+/// 2. fence every CPU, then re-read each stopped stack's `top`: where it moved, a section
+///    committed between the read and the fence, so stop it again at the new top and fence
+///    again, until no `top` moves. Now `[storage, top)` holds exactly the stack's items and
+///    every per-CPU push and pop on it declines;
+/// 3. hand the items to the central lists, and lower each `top` to the storage start while
+///    `begin == end` still equal the stopped top (a section that reads the new top may push
+///    into the emptied slots, but none can pop);
+/// 4. fence again, so no section still acts on an old top, and only then restore `begin`
+///    and `end`.
+///
+/// Without fences (no membarrier RSEQ command) nothing is moved and every stack is
+/// restored as it was. Should the second fence fail, the stacks stay as step 3 left them,
+/// which is safe: pushes fill them up to the old top, pops decline, the slow paths go to
+/// the transfer cache, and the next drain restores them.
+pub(crate) fn drain_all() -> usize {
+    let base = REGIONS.base.load(Ordering::Acquire);
+    if base.is_null() {
+        return 0;
+    }
+    let slots = REGIONS.slots.load(Ordering::Relaxed);
+    let stack = |slot: usize, class: usize| -> &'static BoundedStack {
+        // SAFETY: as in `caches`: the published regions hold a live `BoundedStack` for
+        // every class of every slot below `slots`, never unmapped, used only atomically.
+        unsafe {
+            &*base
+                .add(slot * STRIDE + class * HEADER_BYTES)
+                .cast::<BoundedStack>()
+        }
+    };
+    let storage = |slot: usize, class: usize| -> (*mut u8, *mut u8) {
+        // SAFETY: the class's array lies inside the slot's region (see `layout`).
+        let begin = unsafe { base.add(slot * STRIDE + LAYOUT.0[class]) };
+        (begin, begin.wrapping_add(CLASSES[class].cpu_capacity * 8))
+    };
+    let each = || (0..slots).flat_map(|slot| (0..NUM_CLASSES).map(move |class| (slot, class)));
+    // Stopped stacks are those whose bounds are not their storage's; untouched ones keep
+    // them, since nothing but this function writes `begin` and `end` after `init`.
+    let stopped = |slot: usize, class: usize| {
+        let (begin, end) = storage(slot, class);
+        let s = stack(slot, class);
+        s.begin.load(Ordering::Relaxed) != begin || s.end.load(Ordering::Relaxed) != end
+    };
+    let stop = |s: &BoundedStack, top: *mut u8| {
+        s.begin.store(top, Ordering::Release);
+        s.end.store(top, Ordering::Release);
+    };
+    let restore = |slot: usize, class: usize| {
+        let (begin, end) = storage(slot, class);
+        let s = stack(slot, class);
+        s.begin.store(begin, Ordering::Release);
+        s.end.store(end, Ordering::Release);
+    };
+    // Step 1.
+    let mut any = false;
+    for (slot, class) in each() {
+        let s = stack(slot, class);
+        let top = s.top.load(Ordering::Acquire);
+        if top != storage(slot, class).0 || stopped(slot, class) {
+            stop(s, top);
+            any = true;
+        }
+    }
+    if !any {
+        return 0;
+    }
+    // Step 2.
+    loop {
+        if BACKEND.fence_all().is_err() {
+            for (slot, class) in each() {
+                if stopped(slot, class) {
+                    restore(slot, class);
+                }
+            }
+            return 0;
+        }
+        let mut moved = false;
+        for (slot, class) in each() {
+            if !stopped(slot, class) {
+                continue;
+            }
+            let s = stack(slot, class);
+            let top = s.top.load(Ordering::Acquire);
+            if top != s.begin.load(Ordering::Relaxed) {
+                stop(s, top);
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    // Step 3.
+    let mut drained = 0;
+    for (slot, class) in each() {
+        if !stopped(slot, class) {
+            continue;
+        }
+        let s = stack(slot, class);
+        let (begin, _) = storage(slot, class);
+        let top = s.top.load(Ordering::Acquire);
+        let mut batch = [core::ptr::null_mut(); 64];
+        let mut at = begin;
+        while at < top {
+            let mut n = 0;
+            while n < batch.len() && at < top {
+                // SAFETY: `at` lies in `[storage, top)`, the stopped stack's live words
+                // (written by committed pushes, ordered before us by the fence).
+                batch[n] = unsafe { &*at.cast::<AtomicPtr<u8>>() }.load(Ordering::Relaxed);
+                // SAFETY: `at < top <= storage end`, inside the same array.
+                at = unsafe { at.add(8) };
+                n += 1;
+            }
+            // SAFETY: the objects were free in the stopped stack, which no section can pop
+            // any more; they are now only in `batch`.
+            unsafe { central::insert(class, &batch[..n]) };
+            drained += n;
+        }
+        s.top.store(begin, Ordering::Release);
+    }
+    // Step 4.
+    if BACKEND.fence_all().is_ok() {
+        for (slot, class) in each() {
+            if stopped(slot, class) {
+                restore(slot, class);
+            }
+        }
+    }
+    drained
 }

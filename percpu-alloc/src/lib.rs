@@ -65,20 +65,43 @@
 //! under their spin locks: correct, slower, and no per-CPU slot is touched. When rseq is
 //! unavailable for the whole process the per-CPU regions are never mapped.
 //!
+//! # Returning memory
+//!
+//! [`release_memory`] gives free memory back to the system: it drains every CPU's cache
+//! (membarrier stop protocol) and the transfer caches into the central lists, and releases
+//! every wholly free span with `madvise(MADV_DONTNEED)`. DONTNEED rather than `MADV_FREE`:
+//! the resident set drops in the call and the pages read as zeros, where FREE only lets
+//! the kernel take them lazily under pressure (RSS stays put until then). Released spans
+//! stay mapped and are reused first. [`set_release_threshold`] (or the
+//! `PERCPU_ALLOC_RELEASE_BYTES` environment variable, read at first use, e.g. `256m`) makes
+//! the allocation slow paths do the same, without the per-CPU drain, whenever that many
+//! bytes of free objects have built up on the central lists; off by default. Large
+//! allocations are unmapped when freed. [`Stats::released_bytes`] counts what went back.
+//!
+//! # Fork
+//!
+//! `pthread_atfork` handlers, registered at the first slow path, take every lock of the
+//! allocator before `fork` and release them after, in parent and child, so the child of a
+//! multi-threaded process finds no lock held (lock order in `fork.rs`).
+//!
 //! # Not yet
 //!
-//! Small-object spans are never returned to the system (freed objects are reused, memory
-//! stays mapped); per-CPU caches do not shrink or rebalance; no `Allocator` impl; the
-//! statistics use relaxed atomics and locks rather than percpu-counter.
+//! Per-CPU caches do not shrink or rebalance by themselves; free spans are not merged with
+//! their neighbours; no `Allocator` impl; the statistics use relaxed atomics and locks
+//! rather than percpu-counter.
 
 mod central;
+mod fork;
 mod front;
 mod os;
 mod page_heap;
 mod pagemap;
+mod release;
 mod size_class;
 mod spin;
 mod transfer;
+
+pub use release::{release_memory, release_threshold, set_release_threshold};
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
@@ -230,10 +253,18 @@ pub struct Stats {
     pub process_resident_bytes: Option<usize>,
     /// Whether the per-CPU caches are running (rseq available and set up).
     pub per_cpu_active: bool,
+    /// Bytes of free spans kept by the page heap for reuse: mapped, their memory given
+    /// back to the system (or never touched).
+    pub page_heap_free_bytes: usize,
+    /// Bytes given back to the system with `MADV_DONTNEED` since the process started
+    /// (cumulative; by [`release_memory`] and the automatic release). Large blocks, which
+    /// are unmapped when freed, are not counted.
+    pub released_bytes: usize,
 }
 
 /// Read the allocator's statistics. Allocation-free.
 pub fn stats() -> Stats {
+    fork::ensure_registered();
     let mut s = Stats::default();
     let mut small_in_use = 0usize;
     for (class, info) in CLASSES.iter().enumerate() {
@@ -251,5 +282,7 @@ pub fn stats() -> Stats {
     s.mapped_bytes = os::mapped_bytes();
     s.process_resident_bytes = os::process_resident_bytes();
     s.per_cpu_active = front::is_active();
+    s.page_heap_free_bytes = page_heap::free_bytes();
+    s.released_bytes = page_heap::released_bytes();
     s
 }

@@ -97,6 +97,26 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     }
 }
 
+/// Give the physical memory behind `[ptr, ptr + len)` back to the system, keeping the
+/// address range mapped: `madvise(MADV_DONTNEED)`. `false` when the kernel refuses.
+///
+/// DONTNEED rather than `MADV_FREE`: on a private anonymous mapping DONTNEED drops the
+/// pages at once, so the resident set (what users and the tests measure) falls in the
+/// call, and the range reads as zeros afterwards. FREE only marks the pages as reclaimable
+/// under memory pressure: cheaper when the memory is soon reused, but RSS stays put until
+/// the kernel needs memory, and the old contents may come back. Releases here are rare and
+/// meant to be seen, so the immediate, deterministic effect wins.
+///
+/// # Safety
+/// The range lies in a mapping made by this module, is a page multiple, and nothing reads
+/// or writes it until it is handed out again (its contents are lost).
+pub(crate) unsafe fn release(ptr: NonNull<u8>, len: usize) -> bool {
+    debug_assert!(len.is_multiple_of(page_size()));
+    // SAFETY: the caller guarantees the range is ours and unused; DONTNEED on a private
+    // anonymous mapping only replaces its pages with zero-fill-on-demand ones.
+    unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
+}
+
 /// Grow or shrink the mapping `[ptr, ptr + old_len)` to `new_len` bytes, moving it if need
 /// be (`MREMAP_MAYMOVE`). `None` leaves the old mapping untouched.
 ///
@@ -203,6 +223,22 @@ mod tests {
                 .iter()
                 .all(|&b| b == 0));
             unmap(q, 64 * page);
+        }
+    }
+
+    #[test]
+    fn released_memory_reads_as_zero_and_stays_usable() {
+        let len = 16 * page_size();
+        let p = map(len).expect("mmap");
+        // SAFETY: the mapping is `len` bytes, ours; released only while unused.
+        unsafe {
+            p.as_ptr().write_bytes(0x5A, len);
+            assert!(release(p, len));
+            let bytes = core::slice::from_raw_parts_mut(p.as_ptr(), len);
+            assert!(bytes.iter().all(|&b| b == 0));
+            bytes.fill(1);
+            assert!(bytes.iter().all(|&b| b == 1));
+            unmap(p, len);
         }
     }
 

@@ -1,14 +1,23 @@
 //! The page heap: address space for spans of small objects, and large allocations.
 //!
 //! Spans for small objects are cut from 64 MiB arenas (mapped `MAP_NORESERVE`, aligned to
-//! [`SPAN_ALIGN`], so untouched parts cost no memory) by a bump pointer under a spin lock,
-//! and recorded in the pagemap with their size class. They are never returned to the
-//! system yet (see the crate docs' "not yet" list).
+//! [`SPAN_ALIGN`], so untouched parts cost no memory) by a bump pointer, and recorded in the
+//! pagemap with their size class. A span the central list found wholly free comes back
+//! through [`release_span`]: its memory is given back to the system (`MADV_DONTNEED`, see
+//! [`os::release`]) and the span goes on a free list by size, from which [`new_span`] takes
+//! a span of the size asked for before cutting a new one (splitting a larger free span
+//! when none of that size is left). Adjacent free spans are not merged: a span keeps the
+//! size it was released with (at most 2 MiB), so address space freed by one size may serve
+//! only that size or smaller ones; it costs no memory, only address space.
+//!
+//! One spin lock covers the bump pointer and the free lists. It is taken with the central
+//! list's lock held (a central list asks for a span while locked), never the other way
+//! round; the fork handlers take it last (see [`fork`](crate::fork)).
 //!
 //! Large allocations (over [`MAX_SMALL`](crate::size_class::MAX_SMALL) bytes or aligned
 //! beyond [`MAX_SMALL_ALIGN`](crate::size_class::MAX_SMALL_ALIGN)) are one mapping each,
 //! aligned by over-reserving and trimming, recorded in the pagemap by their start, unmapped
-//! on free and grown or shrunk with `mremap`.
+//! on free (so they need no release) and grown or shrunk with `mremap`.
 
 use crate::os;
 use crate::pagemap::{self, Entry};
@@ -18,43 +27,200 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 const ARENA_BYTES: usize = 64 << 20;
+/// Free spans are kept by size in whole [`SPAN_ALIGN`] units, up to this many units (2 MiB,
+/// the largest span a size class uses); longer free ranges are kept in pieces of this size.
+const FREE_BUCKETS: usize = 32;
 
-struct Arena {
-    next: usize,
-    end: usize,
+/// A stack of free span addresses, in memory mapped for it (never the global allocator).
+struct FreeStack {
+    items: *mut usize,
+    len: usize,
+    capacity: usize,
 }
 
-static ARENA: SpinLock<Arena> = SpinLock::new(Arena { next: 0, end: 0 });
+impl FreeStack {
+    fn pop(&mut self) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: `len < capacity` entries of the mapping at `items` were written by `push`.
+        Some(unsafe { self.items.add(self.len).read() })
+    }
+
+    /// `false` when the stack is full and cannot grow (out of memory).
+    fn push(&mut self, span: usize) -> bool {
+        if self.len == self.capacity && !self.grow() {
+            return false;
+        }
+        // SAFETY: `len < capacity`, inside the mapping at `items`.
+        unsafe { self.items.add(self.len).write(span) };
+        self.len += 1;
+        true
+    }
+
+    fn grow(&mut self) -> bool {
+        let word = core::mem::size_of::<usize>();
+        let old_bytes = self.capacity * word;
+        let new_bytes = (old_bytes * 2).max(os::page_size());
+        let grown = match NonNull::new(self.items.cast::<u8>()) {
+            // SAFETY: `items` is the whole mapping of `old_bytes` made below, used only
+            // under the heap lock (held by the caller); on success only the new one is used.
+            Some(old) => unsafe { os::remap(old, old_bytes, new_bytes) },
+            None => os::map(new_bytes),
+        };
+        match grown {
+            Some(items) => {
+                self.items = items.as_ptr().cast();
+                self.capacity = new_bytes / word;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct Heap {
+    /// The bump range of the newest arena.
+    next: usize,
+    end: usize,
+    /// `free[i]` holds free spans of `(i + 1) * SPAN_ALIGN` bytes.
+    free: [FreeStack; FREE_BUCKETS],
+}
+
+// SAFETY: the raw pointers are mappings owned by the heap, used only under its lock.
+unsafe impl Send for Heap {}
+
+static HEAP: SpinLock<Heap> = SpinLock::new(Heap {
+    next: 0,
+    end: 0,
+    free: [const {
+        FreeStack {
+            items: core::ptr::null_mut(),
+            len: 0,
+            capacity: 0,
+        }
+    }; FREE_BUCKETS],
+});
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Bytes of spans on the free lists (mapped, not resident).
+static FREE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Bytes given back to the system with `MADV_DONTNEED` since the process started.
+static RELEASED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes of live large allocations (their mapped lengths).
 pub(crate) fn large_bytes() -> usize {
     LARGE_BYTES.load(Ordering::Relaxed)
 }
 
-/// A fresh, zeroed span of `bytes` (a multiple of [`SPAN_ALIGN`]) for size class `class`,
-/// recorded in the pagemap. `None` when out of memory.
-pub(crate) fn new_span(bytes: usize, class: usize) -> Option<NonNull<u8>> {
-    debug_assert!(bytes.is_multiple_of(SPAN_ALIGN) && bytes <= ARENA_BYTES);
-    let start = {
-        let mut arena = ARENA.lock();
-        if arena.end - arena.next < bytes {
-            // The remainder of the old arena is abandoned (at most one span's worth, never
-            // touched, so never resident).
-            let fresh = os::map_aligned(ARENA_BYTES, SPAN_ALIGN)?;
-            arena.next = fresh.as_ptr() as usize;
-            arena.end = arena.next + ARENA_BYTES;
+/// Bytes of free spans held by the page heap (address space kept mapped for reuse, its
+/// memory given back).
+pub(crate) fn free_bytes() -> usize {
+    FREE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Bytes given back to the system since the process started.
+pub(crate) fn released_bytes() -> usize {
+    RELEASED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Take the heap's lock and keep it (the fork `prepare` handler).
+pub(crate) fn lock_for_fork() {
+    HEAP.lock_and_keep();
+}
+
+/// Release the lock taken by [`lock_for_fork`].
+///
+/// # Safety
+/// As for [`SpinLock::unlock_kept`].
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: forwarded from the caller.
+    unsafe { HEAP.unlock_kept() }
+}
+
+impl Heap {
+    /// Put the free range `[start, start + bytes)` (whole [`SPAN_ALIGN`] units) on the free
+    /// lists, in pieces of at most the largest bucket. A piece that cannot be recorded (no
+    /// memory for the list) is dropped: address space lost, no memory.
+    fn put_free(&mut self, mut start: usize, mut bytes: usize) {
+        while bytes >= SPAN_ALIGN {
+            let piece = bytes.min(FREE_BUCKETS * SPAN_ALIGN);
+            if self.free[piece / SPAN_ALIGN - 1].push(start) {
+                FREE_BYTES.fetch_add(piece, Ordering::Relaxed);
+            }
+            start += piece;
+            bytes -= piece;
         }
-        let start = arena.next;
-        arena.next += bytes;
-        start
+    }
+
+    /// A free span of `bytes`: one of that size, else the smallest larger one, split.
+    fn take_free(&mut self, bytes: usize) -> Option<usize> {
+        let units = bytes / SPAN_ALIGN;
+        for bucket in units - 1..FREE_BUCKETS {
+            if let Some(start) = self.free[bucket].pop() {
+                let have = (bucket + 1) * SPAN_ALIGN;
+                FREE_BYTES.fetch_sub(have, Ordering::Relaxed);
+                self.put_free(start + bytes, have - bytes);
+                return Some(start);
+            }
+        }
+        None
+    }
+}
+
+/// A span of `bytes` (a multiple of [`SPAN_ALIGN`], at most 2 MiB) for size class `class`,
+/// recorded in the pagemap. Its memory is zeroed (fresh, or released with `MADV_DONTNEED`).
+/// `None` when out of memory.
+pub(crate) fn new_span(bytes: usize, class: usize) -> Option<NonNull<u8>> {
+    debug_assert!(bytes.is_multiple_of(SPAN_ALIGN) && bytes <= FREE_BUCKETS * SPAN_ALIGN);
+    let start = {
+        let mut heap = HEAP.lock();
+        match heap.take_free(bytes) {
+            Some(start) => start,
+            None => {
+                if heap.end - heap.next < bytes {
+                    let fresh = os::map_aligned(ARENA_BYTES, SPAN_ALIGN)?;
+                    // The rest of the old arena (never touched, so never resident) joins
+                    // the free lists.
+                    let (next, end) = (heap.next, heap.end);
+                    heap.put_free(next, end - next);
+                    heap.next = fresh.as_ptr() as usize;
+                    heap.end = heap.next + ARENA_BYTES;
+                }
+                let start = heap.next;
+                heap.next += bytes;
+                start
+            }
+        }
     };
     let span = NonNull::new(start as *mut u8)?;
     if !pagemap::set_range(span, bytes, Entry::Small(class)) {
-        // The span is lost to the arena, but nothing refers to it.
+        // The span is lost to the heap, but nothing refers to it.
         return None;
     }
     Some(span)
+}
+
+/// Give back a wholly free span: forget its class, release its memory to the system and
+/// keep it for reuse by [`new_span`]. Returns the bytes released (0 when `madvise` refused;
+/// the span is kept all the same, with its memory).
+///
+/// # Safety
+/// `[span, span + bytes)` is a whole span from [`new_span`] of which no object is in use
+/// or on any list, and nothing touches it afterwards.
+pub(crate) unsafe fn release_span(span: NonNull<u8>, bytes: usize) -> usize {
+    // Clear the pagemap while the span is still ours: once on the free list it may be
+    // handed out (and recorded) again.
+    pagemap::set_range(span, bytes, Entry::None);
+    // SAFETY: the caller hands over the whole span, unused.
+    let released = unsafe { os::release(span, bytes) };
+    HEAP.lock().put_free(span.as_ptr() as usize, bytes);
+    if released {
+        RELEASED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        bytes
+    } else {
+        0
+    }
 }
 
 /// The mapped length for a large request of `size` bytes, or `None` on overflow.

@@ -5,8 +5,10 @@
 //! pointers; leaves are mapped on demand and never freed. Lookups are two atomic loads.
 //!
 //! Entries ([`Entry`]): small-object spans record their size class in every granule they
-//! cover (objects are freed by interior address); large allocations record their mapped
-//! length in their first granule only (they are freed by their start address).
+//! cover (objects are freed by interior address), together with the granule's distance from
+//! the span's start (so [`span_start`] finds the span of any object, for releasing wholly
+//! free spans); large allocations record their mapped length in their first granule only
+//! (they are freed by their start address).
 
 use crate::os;
 use core::ptr::NonNull;
@@ -17,6 +19,10 @@ const ADDRESS_BITS: usize = 48;
 const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = ADDRESS_BITS - GRANULE_SHIFT - LEAF_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
+/// A small entry is `1 | class << 1 | granules from the span's start << OFFSET_SHIFT`.
+const CLASS_MASK: usize = 0x7f;
+const OFFSET_SHIFT: usize = 8;
+const _: () = assert!(crate::size_class::NUM_CLASSES <= CLASS_MASK + 1);
 
 struct Leaf {
     entries: [AtomicUsize; LEAF_LEN],
@@ -30,7 +36,8 @@ static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
 pub(crate) enum Entry {
     /// Nothing this allocator handed out.
     None,
-    /// An object of this size class.
+    /// An object of this size class (the span offset kept beside it is read by
+    /// [`span_start`] only).
     Small(usize),
     /// A large allocation starting here, mapped for this many bytes (a page multiple).
     Large(usize),
@@ -52,7 +59,7 @@ impl Entry {
         if bits == 0 {
             Entry::None
         } else if bits & 1 == 1 {
-            Entry::Small(bits >> 1)
+            Entry::Small((bits >> 1) & CLASS_MASK)
         } else {
             Entry::Large(bits)
         }
@@ -128,13 +135,36 @@ pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
         root += 1;
     }
     let bits = entry.encode();
+    let first_granule = granule;
     while granule <= last_granule {
+        // Small entries carry their distance from the range's start (a range of small
+        // entries is always one whole span).
+        let bits = match entry {
+            Entry::Small(_) => bits | ((granule - first_granule) << OFFSET_SHIFT),
+            _ => bits,
+        };
         if let Some(leaf) = leaf_for(granule >> LEAF_BITS) {
             leaf.entries[granule & (LEAF_LEN - 1)].store(bits, Ordering::Release);
         }
         granule += 1;
     }
     true
+}
+
+/// The start of the small-object span holding `addr`, or `None` when `addr` is in none.
+pub(crate) fn span_start(addr: usize) -> Option<usize> {
+    let (root, leaf) = split(addr)?;
+    let node = ROOT[root].load(Ordering::Acquire);
+    if node.is_null() {
+        return None;
+    }
+    // SAFETY: as in `get`.
+    let bits = unsafe { (*node).entries[leaf].load(Ordering::Acquire) };
+    if bits & 1 == 0 {
+        return None;
+    }
+    let granule = (addr >> GRANULE_SHIFT) - (bits >> OFFSET_SHIFT);
+    Some(granule << GRANULE_SHIFT)
 }
 
 /// Record `entry` for the granule holding `start` only.
@@ -170,10 +200,13 @@ mod tests {
         assert!(set_range(region, len, Entry::Small(5)));
         for offset in [0, 1, GRANULE, len / 2, len - 1] {
             assert_eq!(get(base + offset), Entry::Small(5));
+            assert_eq!(span_start(base + offset), Some(base));
         }
+        assert_eq!(span_start(base + len), None);
         assert_eq!(get(base + len), Entry::None);
         assert!(set(region, Entry::Large(len)));
         assert_eq!(get(base), Entry::Large(len));
+        assert_eq!(span_start(base), None);
         assert!(set_range(region, len, Entry::None));
         assert_eq!(get(base + len / 2), Entry::None);
         // SAFETY: ours, unused from here.

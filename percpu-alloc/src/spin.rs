@@ -44,6 +44,30 @@ impl<T> SpinLock<T> {
         }
         SpinGuard { lock: self }
     }
+
+    /// The lock if it is free now, else `None` (for work that may be skipped, such as an
+    /// automatic release that another thread is already doing).
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(SpinGuard { lock: self })
+    }
+
+    /// Take the lock and keep it with no guard: the fork handlers hold every lock from the
+    /// `prepare` handler to the `parent` or `child` one, which are separate calls.
+    pub(crate) fn lock_and_keep(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Release a lock taken with [`lock_and_keep`](Self::lock_and_keep).
+    ///
+    /// # Safety
+    /// The lock was taken with `lock_and_keep` and not released since; in a forked child,
+    /// by the thread that forked (whose copy is the child's only thread).
+    pub(crate) unsafe fn unlock_kept(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
 }
 
 pub(crate) struct SpinGuard<'a, T> {

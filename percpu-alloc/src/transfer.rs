@@ -8,6 +8,8 @@
 //! with no CPU (see the crate docs) allocate and free here directly.
 
 use crate::central;
+use crate::fork;
+use crate::release;
 use crate::size_class::NUM_CLASSES;
 use crate::spin::SpinLock;
 
@@ -31,6 +33,8 @@ static TRANSFER: [SpinLock<Transfer>; NUM_CLASSES] = [const {
 
 /// Fill `out` with free objects of `class`; returns how many (0 only when out of memory).
 pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
+    // Every path that takes a lock comes through here or `insert` first, holding none.
+    fork::ensure_registered();
     {
         let mut cache = TRANSFER[class].lock();
         let n = cache.len.min(out.len());
@@ -49,6 +53,7 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
 /// # Safety
 /// As for [`central::insert`].
 pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
+    fork::ensure_registered();
     {
         let mut cache = TRANSFER[class].lock();
         let len = cache.len;
@@ -59,7 +64,42 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
         }
     }
     // SAFETY: forwarded from the caller.
-    unsafe { central::insert(class, items) }
+    unsafe { central::insert(class, items) };
+    // Free memory grew on the central list: the one point where it can pass the release
+    // threshold. No lock is held here.
+    release::maybe_release();
+}
+
+/// Move every object of `class` held here to the central list (before a release sweep).
+pub(crate) fn drain(class: usize) {
+    let mut items = [core::ptr::null_mut(); CAPACITY];
+    let n = {
+        let mut cache = TRANSFER[class].lock();
+        let n = cache.len;
+        items[..n].copy_from_slice(&cache.items[..n]);
+        cache.len = 0;
+        n
+    };
+    if n > 0 {
+        // SAFETY: the objects were free in this cache and are now only in `items`.
+        unsafe { central::insert(class, &items[..n]) };
+    }
+}
+
+/// Take every class's lock and keep them, in class order (the fork `prepare` handler).
+pub(crate) fn lock_for_fork() {
+    TRANSFER.iter().for_each(SpinLock::lock_and_keep);
+}
+
+/// Release the locks taken by [`lock_for_fork`].
+///
+/// # Safety
+/// As for [`SpinLock::unlock_kept`].
+pub(crate) unsafe fn unlock_after_fork() {
+    for lock in TRANSFER.iter().rev() {
+        // SAFETY: forwarded from the caller.
+        unsafe { lock.unlock_kept() };
+    }
 }
 
 /// Objects of `class` held here.

@@ -1,0 +1,189 @@
+//! Giving free memory back to the system: on request ([`release_memory`]) and automatically
+//! past a threshold ([`set_release_threshold`], `PERCPU_ALLOC_RELEASE_BYTES`).
+//!
+//! What can go back is a wholly free span: one whose every object sits on its class's
+//! central free list. [`release_memory`] first moves every cached free object there (the
+//! per-CPU caches through the membarrier stop protocol, see `front::drain_all`, and the
+//! transfer caches), then sweeps each class's list (`central::release_free_spans`) and
+//! hands the wholly free spans to the page heap, which releases their memory with
+//! `MADV_DONTNEED` and keeps the address range for reuse. Large allocations need none of
+//! this: they are unmapped when freed.
+//!
+//! The automatic release runs in the slow path that puts objects on a central list (a
+//! transfer cache overflowing): once the free bytes on the central lists exceed the
+//! threshold above the level left by the previous sweep, that thread sweeps every class
+//! (no per-CPU drain: the two fences it takes interrupt every CPU, too costly to do
+//! unasked). So at most about `threshold` bytes of central free memory build up between
+//! sweeps, and a sweep's cost (sorting the free lists) is paid once per `threshold` bytes
+//! freed; no background thread is needed. Free objects still in per-CPU and transfer caches
+//! (bounded: about 128 KiB per class per CPU, and 128 objects per class) are not counted.
+
+use crate::spin::SpinLock;
+use crate::{central, fork, front, transfer};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Serialises releases (explicit and automatic) and the drain of remote per-CPU stacks
+/// (one thief at a time). First in the fork lock order.
+static RELEASE: SpinLock<()> = SpinLock::new(());
+
+/// The automatic release threshold in bytes, 0 for none; [`UNREAD`] until the environment
+/// was read (or [`set_release_threshold`] called).
+static THRESHOLD: AtomicUsize = AtomicUsize::new(UNREAD);
+const UNREAD: usize = usize::MAX;
+/// Central free bytes above which the next automatic sweep runs (0: at the threshold).
+static NEXT_SWEEP: AtomicUsize = AtomicUsize::new(0);
+
+/// Give free memory back to the operating system; returns the bytes released.
+///
+/// Moves the free objects cached on every CPU and in the transfer caches to the central
+/// lists, then releases every span of small objects that is wholly free with
+/// `madvise(MADV_DONTNEED)` (the process's resident set falls at once; see the crate docs
+/// for why not `MADV_FREE`). The spans stay mapped and are reused by later allocations.
+///
+/// The per-CPU caches of other CPUs are drained with the membarrier fence protocol; where
+/// the kernel has no `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ` they stay as they are (at
+/// most about 128 KiB per size class per CPU) and only what lies below them is released.
+/// Allocation-free; takes locks only briefly per class, so other threads keep allocating.
+pub fn release_memory() -> usize {
+    fork::ensure_registered();
+    let _release = RELEASE.lock();
+    front::drain_all();
+    for class in 0..crate::size_class::NUM_CLASSES {
+        transfer::drain(class);
+    }
+    let released = sweep();
+    NEXT_SWEEP.store(0, Ordering::Relaxed);
+    released
+}
+
+/// Set the automatic release threshold: once more than `bytes` of free objects have built
+/// up on the central free lists since the last sweep, the allocation slow path that notices
+/// releases the wholly free spans (as [`release_memory`] does, minus the per-CPU drain).
+/// `0` turns the automatic release off (the default unless `PERCPU_ALLOC_RELEASE_BYTES` is
+/// set). Overrides the environment variable.
+pub fn set_release_threshold(bytes: usize) {
+    THRESHOLD.store(
+        if bytes == UNREAD { UNREAD - 1 } else { bytes },
+        Ordering::Relaxed,
+    );
+    NEXT_SWEEP.store(0, Ordering::Relaxed);
+}
+
+/// The automatic release threshold in bytes (0: off). Read from
+/// `PERCPU_ALLOC_RELEASE_BYTES` at the first use unless [`set_release_threshold`] came
+/// first.
+pub fn release_threshold() -> usize {
+    match THRESHOLD.load(Ordering::Relaxed) {
+        UNREAD => {
+            let from_env = threshold_from_environment();
+            // A concurrent `set_release_threshold` wins.
+            match THRESHOLD.compare_exchange(UNREAD, from_env, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => from_env,
+                Err(set) => set,
+            }
+        }
+        bytes => bytes,
+    }
+}
+
+/// `PERCPU_ALLOC_RELEASE_BYTES`: a byte count with an optional `k`, `m` or `g` suffix
+/// (KiB, MiB, GiB); unset, empty or malformed means 0 (off).
+fn threshold_from_environment() -> usize {
+    // SAFETY: getenv with a NUL-terminated name; it neither allocates nor takes a lock.
+    // The value is read at once (as rseq-sys reads `PERCPU_NO_RSEQ`).
+    let value = unsafe { libc::getenv(c"PERCPU_ALLOC_RELEASE_BYTES".as_ptr()) };
+    if value.is_null() {
+        return 0;
+    }
+    // SAFETY: getenv returned a NUL-terminated string in the environment block.
+    let value = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
+    parse_bytes(value).unwrap_or(0)
+}
+
+fn parse_bytes(text: &[u8]) -> Option<usize> {
+    let (digits, shift) = match text.last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 20),
+        b'g' | b'G' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n = 0usize;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(usize::from(d - b'0'))?;
+    }
+    n.checked_mul(1 << shift)
+}
+
+/// Sweep every class; the caller holds [`RELEASE`].
+fn sweep() -> usize {
+    (0..crate::size_class::NUM_CLASSES)
+        .map(central::release_free_spans)
+        .sum()
+}
+
+/// The automatic release: called after objects went onto a central list, holding no lock.
+pub(crate) fn maybe_release() {
+    let threshold = release_threshold();
+    if threshold == 0 {
+        return;
+    }
+    let free = central::free_bytes();
+    let next = NEXT_SWEEP.load(Ordering::Relaxed);
+    let trigger = if next == 0 { threshold } else { next };
+    if free <= trigger {
+        // Free objects were reused since the last sweep: lower the bar with them, so the
+        // next sweep comes after `threshold` more bytes, not after the old high mark.
+        if next != 0 && free.saturating_add(threshold) < next {
+            NEXT_SWEEP.store(free.saturating_add(threshold), Ordering::Relaxed);
+        }
+        return;
+    }
+    // Another thread releasing already does the work.
+    let Some(_release) = RELEASE.try_lock() else {
+        return;
+    };
+    sweep();
+    // What is left is fragmented (spans with objects in use): wait for `threshold` more.
+    NEXT_SWEEP.store(
+        central::free_bytes().saturating_add(threshold).max(1),
+        Ordering::Relaxed,
+    );
+}
+
+/// Take the release lock and keep it (the fork `prepare` handler; first in the order).
+pub(crate) fn lock_for_fork() {
+    RELEASE.lock_and_keep();
+}
+
+/// Release the lock taken by [`lock_for_fork`].
+///
+/// # Safety
+/// As for [`SpinLock::unlock_kept`].
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: forwarded from the caller.
+    unsafe { RELEASE.unlock_kept() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_parse() {
+        assert_eq!(parse_bytes(b"4096"), Some(4096));
+        assert_eq!(parse_bytes(b"64k"), Some(64 << 10));
+        assert_eq!(parse_bytes(b"256M"), Some(256 << 20));
+        assert_eq!(parse_bytes(b"1g"), Some(1 << 30));
+        assert_eq!(parse_bytes(b"0"), Some(0));
+        for bad in [&b""[..], b"k", b"12x", b"-5", b"1.5m"] {
+            assert_eq!(parse_bytes(bad), None);
+        }
+    }
+}
