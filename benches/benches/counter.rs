@@ -18,13 +18,13 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use crossbeam_utils::CachePadded;
+use percpu_benches::counters::{AtomicCounter, StatCounter, StripedCounter, ThreadLocalCounter};
 use percpu_benches::{contended, THREAD_COUNTS};
 use percpu_counter::{CounterSet, PerCpuArena, PerCpuCounter};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use thread_local::ThreadLocal;
 
 /// The system allocator, counting live heap bytes so the memory table reports what was
 /// really allocated.
@@ -82,101 +82,6 @@ fn bytes_kept_by<T>(build: impl FnOnce() -> T) -> (T, usize) {
     let value = build();
     let after = LIVE_BYTES.load(Ordering::Relaxed);
     (value, after.saturating_sub(before))
-}
-
-/// A counter design under test: add from any thread, read exactly.
-trait StatCounter: Sync {
-    fn add(&self, value: u64);
-    fn sum(&self) -> u64;
-}
-
-impl StatCounter for PerCpuCounter {
-    #[inline(always)]
-    fn add(&self, value: u64) {
-        PerCpuCounter::add(self, value as i64);
-    }
-    fn sum(&self) -> u64 {
-        self.sum_u64()
-    }
-}
-
-/// One shared atomic (on its own line, so only the threads themselves contend).
-struct Atomic(CachePadded<AtomicU64>);
-
-impl StatCounter for Atomic {
-    #[inline(always)]
-    fn add(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::Relaxed);
-    }
-    fn sum(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// The fast-counter / contatori design: cache-padded atomic stripes, each thread dealt one
-/// (round-robin on first use, kept in a thread-local) and adding to it with `fetch_add`.
-struct Striped {
-    stripes: Box<[CachePadded<AtomicU64>]>,
-}
-
-impl Striped {
-    fn new() -> Self {
-        // As many stripes as these libraries use: a few per hardware thread, a power of two.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let count = (4 * cpus).next_power_of_two();
-        Striped {
-            stripes: (0..count)
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
-        }
-    }
-
-    #[inline(always)]
-    fn stripe(&self) -> &AtomicU64 {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static TICKET: Cell<usize> = const { Cell::new(usize::MAX) };
-        }
-        let ticket = TICKET.with(|ticket| {
-            if ticket.get() == usize::MAX {
-                ticket.set(NEXT.fetch_add(1, Ordering::Relaxed));
-            }
-            ticket.get()
-        });
-        &self.stripes[ticket & (self.stripes.len() - 1)]
-    }
-}
-
-impl StatCounter for Striped {
-    #[inline(always)]
-    fn add(&self, value: u64) {
-        self.stripe().fetch_add(value, Ordering::Relaxed);
-    }
-    fn sum(&self) -> u64 {
-        self.stripes
-            .iter()
-            .fold(0, |sum, s| sum.wrapping_add(s.load(Ordering::Relaxed)))
-    }
-}
-
-/// A `thread_local`-crate accumulator: one word per thread, written only by its thread
-/// (plain load + store, no locked instruction), read by iterating every thread's word.
-struct PerThread(ThreadLocal<AtomicU64>);
-
-impl StatCounter for PerThread {
-    #[inline(always)]
-    fn add(&self, value: u64) {
-        let mine = self.0.get_or_default();
-        mine.store(
-            mine.load(Ordering::Relaxed).wrapping_add(value),
-            Ordering::Relaxed,
-        );
-    }
-    fn sum(&self) -> u64 {
-        self.0
-            .iter()
-            .fold(0, |sum, s| sum.wrapping_add(s.load(Ordering::Relaxed)))
-    }
 }
 
 fn bench_add<C: StatCounter>(
@@ -244,14 +149,19 @@ fn add(c: &mut Criterion) {
             &mut group,
             "AtomicU64::fetch_add",
             threads,
-            &Atomic(CachePadded::new(AtomicU64::new(0))),
+            &AtomicCounter::new(),
         );
-        bench_add(&mut group, "CachePadded striped", threads, &Striped::new());
+        bench_add(
+            &mut group,
+            "CachePadded striped",
+            threads,
+            &StripedCounter::new(),
+        );
         bench_add(
             &mut group,
             "thread_local accumulator",
             threads,
-            &PerThread(ThreadLocal::new()),
+            &ThreadLocalCounter::new(),
         );
     }
     #[cfg(c_reference)]
@@ -298,9 +208,9 @@ fn sum(c: &mut Criterion) {
     let mut group = c.benchmark_group("counter/sum");
     // One counter, after 8 threads have written it, in each design.
     let percpu = PerCpuCounter::new();
-    let atomic = Atomic(CachePadded::new(AtomicU64::new(0)));
-    let striped = Striped::new();
-    let per_thread = PerThread(ThreadLocal::new());
+    let atomic = AtomicCounter::new();
+    let striped = StripedCounter::new();
+    let per_thread = ThreadLocalCounter::new();
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
@@ -426,7 +336,7 @@ fn memory(_: &mut Criterion) {
     row("CachePadded striped", &|n| {
         (n <= 1_000).then(|| {
             let (striped, bytes) =
-                bytes_kept_by(|| (0..n).map(|_| Striped::new()).collect::<Vec<_>>());
+                bytes_kept_by(|| (0..n).map(|_| StripedCounter::new()).collect::<Vec<_>>());
             drop(striped);
             bytes as f64 / n as f64
         })
@@ -434,8 +344,8 @@ fn memory(_: &mut Criterion) {
     row("thread_local acc. (2 threads)", &|n| {
         (n <= 1_000).then(|| {
             let (counters, bytes) = bytes_kept_by(|| {
-                let counters: Vec<PerThread> =
-                    (0..n).map(|_| PerThread(ThreadLocal::new())).collect();
+                let counters: Vec<ThreadLocalCounter> =
+                    (0..n).map(|_| ThreadLocalCounter::new()).collect();
                 std::thread::scope(|s| {
                     for _ in 0..2 {
                         s.spawn(|| counters.iter().for_each(|c| c.add(1)));

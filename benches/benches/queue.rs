@@ -13,21 +13,30 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use crossbeam_queue::{ArrayQueue, SegQueue};
+use percpu_benches::queues::{pooled_object, push_then_pop, OpoolAllocator, PushPop, POOL_SIZE};
 use percpu_benches::{contended, THREAD_COUNTS};
 use percpu_counter::PerCpuCounter;
-use percpu_queue::{FreeList, Node, PerCpuBuffer, Pool};
+use percpu_queue::{FreeList, PerCpuBuffer, Pool};
 use std::hint::black_box;
 use std::sync::Mutex;
 
-/// Pushes the thread's item and pops one back; a pop that finds nothing (an item in transit
-/// between CPUs) allocates a replacement so the next iteration still pushes.
-macro_rules! push_pop {
-    ($state:expr, $new:expr, |$item:ident| $push:expr, $pop:expr) => {{
-        let $item = $state.take().unwrap_or_else(|| $new);
-        $push;
-        *$state = $pop;
-        black_box(&*$state);
-    }};
+/// One push and one pop per iteration on each thread, each thread starting with its own item.
+fn bench_push_pop<Q: PushPop>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    queue: &Q,
+) {
+    group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+        b.iter_custom(|iters| {
+            contended(
+                threads,
+                iters,
+                |t| Some(Q::new_item(t as u64)),
+                |held| push_then_pop(queue, held),
+            )
+        })
+    });
 }
 
 fn push_pop(c: &mut Criterion) {
@@ -52,142 +61,44 @@ fn push_pop(c: &mut Criterion) {
                 })
             },
         );
-
-        let list: FreeList<u64> = FreeList::new();
-        group.bench_with_input(
-            BenchmarkId::new("percpu FreeList", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |t| Some(Box::new(Node::new(t as u64))),
-                        |state: &mut Option<Box<Node<u64>>>| {
-                            push_pop!(
-                                state,
-                                Box::new(Node::new(0)),
-                                |item| list.push(item),
-                                list.pop()
-                            )
-                        },
-                    )
-                })
-            },
+        bench_push_pop(
+            &mut group,
+            "percpu FreeList",
+            threads,
+            &FreeList::<u64>::new(),
         );
-
-        let buffer: PerCpuBuffer<u64> = PerCpuBuffer::with_capacity(64);
-        group.bench_with_input(
-            BenchmarkId::new("percpu PerCpuBuffer", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |t| Some(Box::new(t as u64)),
-                        |state: &mut Option<Box<u64>>| {
-                            push_pop!(
-                                state,
-                                Box::new(0),
-                                |item| {
-                                    // Each thread holds at most one item, so a full stack
-                                    // (64 per CPU) never happens here; drop it if it did.
-                                    let _ = buffer.push(item);
-                                },
-                                buffer.pop()
-                            )
-                        },
-                    )
-                })
-            },
+        bench_push_pop(
+            &mut group,
+            "percpu PerCpuBuffer",
+            threads,
+            &PerCpuBuffer::<u64>::with_capacity(64),
         );
-
-        let array = ArrayQueue::new(threads * 2);
-        group.bench_with_input(
-            BenchmarkId::new("crossbeam ArrayQueue", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |t| Some(Box::new(t as u64)),
-                        |state: &mut Option<Box<u64>>| {
-                            push_pop!(
-                                state,
-                                Box::new(0),
-                                |item| array.push(item).expect("room for every thread's item"),
-                                array.pop()
-                            )
-                        },
-                    )
-                })
-            },
+        bench_push_pop(
+            &mut group,
+            "crossbeam ArrayQueue",
+            threads,
+            &ArrayQueue::<Box<u64>>::new(threads * 2),
         );
-
-        let seg = SegQueue::new();
-        group.bench_with_input(
-            BenchmarkId::new("crossbeam SegQueue", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |t| Some(Box::new(t as u64)),
-                        |state: &mut Option<Box<u64>>| {
-                            push_pop!(state, Box::new(0), |item| seg.push(item), seg.pop())
-                        },
-                    )
-                })
-            },
+        bench_push_pop(
+            &mut group,
+            "crossbeam SegQueue",
+            threads,
+            &SegQueue::<Box<u64>>::new(),
         );
-
-        let mutex = Mutex::new(Vec::with_capacity(threads * 2));
-        group.bench_with_input(
-            BenchmarkId::new("Mutex<Vec>", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |t| Some(Box::new(t as u64)),
-                        |state: &mut Option<Box<u64>>| {
-                            push_pop!(
-                                state,
-                                Box::new(0),
-                                |item| mutex.lock().unwrap().push(item),
-                                mutex.lock().unwrap().pop()
-                            )
-                        },
-                    )
-                })
-            },
+        bench_push_pop(
+            &mut group,
+            "Mutex<Vec>",
+            threads,
+            &Mutex::new(Vec::<Box<u64>>::with_capacity(threads * 2)),
         );
     }
     group.finish();
 }
 
-const POOL_SIZE: usize = 64;
-
-fn new_object() -> Vec<u8> {
-    Vec::with_capacity(256)
-}
-
-struct OpoolAllocator;
-
-impl opool::PoolAllocator<Vec<u8>> for OpoolAllocator {
-    fn allocate(&self) -> Vec<u8> {
-        new_object()
-    }
-}
-
 fn pool(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue/pool");
     for threads in THREAD_COUNTS {
-        let percpu = Pool::new(POOL_SIZE, new_object);
+        let percpu = Pool::new(POOL_SIZE, pooled_object);
         group.bench_with_input(
             BenchmarkId::new("percpu Pool", threads),
             &threads,
@@ -206,7 +117,7 @@ fn pool(c: &mut Criterion) {
             },
         );
 
-        let object_pool = object_pool::Pool::new(POOL_SIZE, new_object);
+        let object_pool = object_pool::Pool::new(POOL_SIZE, pooled_object);
         group.bench_with_input(
             BenchmarkId::new("object-pool", threads),
             &threads,
@@ -217,7 +128,7 @@ fn pool(c: &mut Criterion) {
                         iters,
                         |_| (),
                         |_| {
-                            let object = object_pool.pull(new_object);
+                            let object = object_pool.pull(pooled_object);
                             black_box(&*object);
                         },
                     )

@@ -1,7 +1,11 @@
-//! Shared helpers for the criterion suites in `benches/benches/`.
-//!
-//! The report binary (the README's main job) will live here too; until then this crate holds
-//! what every suite needs to measure under contention the same way.
+//! Shared helpers for the criterion suites in `benches/benches/` and the report binary
+//! (`src/main.rs`, the README's main job): the way every contended figure is timed, and the
+//! competitors both measure, written once so both measure the same thing.
+
+pub mod allocators;
+pub mod counters;
+pub mod queues;
+pub mod report;
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -9,19 +13,20 @@ use std::time::{Duration, Instant};
 /// Thread counts every contended benchmark uses: below, at and above this machine's 2 cores.
 pub const THREAD_COUNTS: [usize; 4] = [1, 2, 4, 8];
 
-/// Run `op` `iters` times on each of `threads` threads, all released together, and return
-/// the wall time of the slowest thread divided by `threads`: criterion then reports the cost
-/// of one operation of the *aggregate* throughput (wall time per operation across all
-/// threads), the figure that shows whether a structure scales.
+/// Run `op` `ops` times on each of `threads` threads, all released together by a barrier,
+/// and return the wall time from the first thread's start to the last thread's end.
 ///
-/// `make` builds each thread's state once before the clock starts (for example a handle).
-pub fn contended<S, M, F>(threads: usize, iters: u64, make: M, op: F) -> Duration
+/// Each thread reads the clock itself after the barrier, so a thread the scheduler starts
+/// late (more threads than cores) neither shortens nor lengthens the span; the main thread's
+/// wake-up is not in it at all. `make` builds each thread's state once before the barrier
+/// (for example a handle), so it is not timed.
+pub fn run_threads<S, M, F>(threads: usize, ops: u64, make: M, op: F) -> Duration
 where
     M: Fn(usize) -> S + Sync,
     F: Fn(&mut S) + Sync,
 {
     let barrier = Barrier::new(threads);
-    let elapsed = std::thread::scope(|scope| {
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (barrier, make, op) = (&barrier, &make, &op);
@@ -29,20 +34,40 @@ where
                     let mut state = make(t);
                     barrier.wait();
                     let start = Instant::now();
-                    for _ in 0..iters {
+                    for _ in 0..ops {
                         op(&mut state);
                     }
-                    start.elapsed()
+                    (start, Instant::now())
                 })
             })
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("benchmark thread panicked"))
-            .max()
-            .unwrap_or_default()
+            .collect()
     });
-    elapsed / threads as u32
+    wall_time(&spans)
+}
+
+/// The span from the earliest start to the latest end of `spans` (zero when empty).
+pub fn wall_time(spans: &[(Instant, Instant)]) -> Duration {
+    let first_start = spans.iter().map(|&(start, _)| start).min();
+    let last_end = spans.iter().map(|&(_, end)| end).max();
+    match (first_start, last_end) {
+        (Some(start), Some(end)) => end.saturating_duration_since(start),
+        _ => Duration::ZERO,
+    }
+}
+
+/// [`run_threads`] divided by `threads`: criterion then reports, per iteration, the cost of
+/// one operation of the *aggregate* throughput (wall time per operation across all threads),
+/// the figure that shows whether a structure scales.
+pub fn contended<S, M, F>(threads: usize, iters: u64, make: M, op: F) -> Duration
+where
+    M: Fn(usize) -> S + Sync,
+    F: Fn(&mut S) + Sync,
+{
+    run_threads(threads, iters, make, op) / threads as u32
 }
 
 /// The hand-written C rseq add (`c/rseq_add.c`), built by this package's build script on

@@ -1,0 +1,70 @@
+//! The counter table: `PerCpuCounter` against the designs in [`crate::counters`].
+
+use super::measure::{Contender, Run, Settings, TableSpec};
+use crate::counters::{AtomicCounter, StatCounter, StripedCounter, ThreadLocalCounter};
+use crate::run_threads;
+use percpu_counter::PerCpuCounter;
+use std::hint::black_box;
+
+const BASELINE: &str = "AtomicU64::fetch_add";
+
+/// Each thread adds 1 to one shared counter `ops` times; afterwards the counter must have
+/// grown by exactly every add, or the figure is of something else and the report stops.
+fn adds<C: StatCounter + 'static>(name: &str, counter: C) -> Contender<'static> {
+    let name = name.to_string();
+    Contender::new(name.clone(), move |threads, ops| {
+        let before = counter.sum();
+        // The 1 is opaque to the optimiser but read once per thread, as a caller's would be.
+        let wall = run_threads(threads, ops, |_| black_box(1), |&mut one| counter.add(one));
+        let total = threads as u64 * ops;
+        assert_eq!(
+            counter.sum().wrapping_sub(before),
+            total,
+            "{name} lost adds"
+        );
+        Run { wall, ops: total }
+    })
+}
+
+/// `PerCpuCounter` through a per-thread `LocalCounter` handle made before the clock starts.
+fn local_adds() -> Contender<'static> {
+    let counter = PerCpuCounter::new();
+    Contender::new("PerCpuCounter::local", move |threads, ops| {
+        let before = counter.sum_u64();
+        let wall = run_threads(
+            threads,
+            ops,
+            |_| (counter.local(), black_box(1)),
+            |&mut (handle, one)| handle.add(one),
+        );
+        let total = threads as u64 * ops;
+        assert_eq!(
+            counter.sum_u64().wrapping_sub(before),
+            total,
+            "LocalCounter lost adds"
+        );
+        Run { wall, ops: total }
+    })
+}
+
+/// The counter table.
+pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
+    vec![TableSpec {
+        id: "counter-add",
+        title: "counter: add 1 to one shared counter".into(),
+        note: "op = one add; PerCpuCounter per call and through a per-thread \
+               PerCpuCounter::local handle, a CachePadded AtomicU64, CachePadded atomic \
+               stripes chosen per thread, a thread_local-crate accumulator; totals checked \
+               exact after every run"
+            .into(),
+        baseline: BASELINE.into(),
+        threads: settings.threads.clone(),
+        contenders: vec![
+            adds("PerCpuCounter", PerCpuCounter::new()),
+            local_adds(),
+            adds(BASELINE, AtomicCounter::new()),
+            adds("CachePadded striped", StripedCounter::new()),
+            adds("thread_local accumulator", ThreadLocalCounter::new()),
+        ],
+    }]
+}

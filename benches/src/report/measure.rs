@@ -1,0 +1,230 @@
+//! How one figure is measured: a fixed number of operations per thread, sized once per
+//! implementation by a calibration run, repeated, and the median kept.
+
+use super::cli::Mode;
+use super::table::{Point, Series, Table};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use std::time::Duration;
+
+/// How much measuring a mode does.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// The mode these settings are for.
+    pub mode: Mode,
+    /// Thread counts every table is measured at (a table may skip ones it cannot use).
+    pub threads: Vec<usize>,
+    /// Timed runs per figure; the figure is their median.
+    pub repetitions: usize,
+    /// About how long one timed run takes if the threads did not slow each other down.
+    #[serde(rename = "target_run_ms", serialize_with = "as_millis")]
+    pub target_run: Duration,
+    /// The fewest operations any thread does in a timed run.
+    pub min_ops_per_thread: u64,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
+impl Settings {
+    /// The settings of `mode` on a machine with `cpus` hardware threads.
+    pub fn for_mode(mode: Mode, cpus: usize) -> Self {
+        match mode {
+            Mode::Quick => Settings {
+                mode,
+                threads: crate::THREAD_COUNTS.to_vec(),
+                repetitions: 5,
+                target_run: Duration::from_millis(80),
+                min_ops_per_thread: 1_000,
+            },
+            Mode::Full => {
+                let most = (4 * cpus).max(16);
+                let mut threads: Vec<usize> = (1..=cpus).collect();
+                threads.extend(
+                    (0..)
+                        .map(|shift| 1usize << shift)
+                        .skip_while(|&n| n <= cpus)
+                        .take_while(|&n| n <= most),
+                );
+                Settings {
+                    mode,
+                    threads,
+                    repetitions: 9,
+                    target_run: Duration::from_millis(150),
+                    min_ops_per_thread: 10_000,
+                }
+            }
+            Mode::Smoke => Settings {
+                mode,
+                threads: vec![1, 2],
+                repetitions: 3,
+                target_run: Duration::from_micros(300),
+                min_ops_per_thread: 20,
+            },
+        }
+    }
+}
+
+/// What one timed run did: its wall time and how many operations all its threads did.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// From the first thread's start to the last one's end.
+    pub wall: Duration,
+    /// Operations done in that time, by all threads together.
+    pub ops: u64,
+}
+
+/// One timed run of an implementation: `(threads, ops_per_thread) -> Run`. What "one
+/// operation" is comes with the table; a workload may round `ops_per_thread` (to whole
+/// batches, say) and reports the operations it really did.
+pub type Workload<'a> = Box<dyn Fn(usize, u64) -> Run + 'a>;
+
+/// One implementation in a table.
+pub struct Contender<'a> {
+    /// How the tables, the JSON and the plots name it.
+    pub name: String,
+    /// What a timed run of it does.
+    pub workload: Workload<'a>,
+}
+
+impl<'a> Contender<'a> {
+    /// `name`, measured by `workload`.
+    pub fn new(name: impl Into<String>, workload: impl Fn(usize, u64) -> Run + 'a) -> Self {
+        Contender {
+            name: name.into(),
+            workload: Box::new(workload),
+        }
+    }
+}
+
+/// A table to measure: every contender at every thread count.
+pub struct TableSpec<'a> {
+    /// A short stable identifier (JSON key, plot file name).
+    pub id: &'static str,
+    /// The heading.
+    pub title: String,
+    /// What one operation is, and anything else a reader needs to trust the figures.
+    pub note: String,
+    /// The contender every ratio is taken against.
+    pub baseline: String,
+    /// The thread counts this table is measured at.
+    pub threads: Vec<usize>,
+    /// The implementations compared.
+    pub contenders: Vec<Contender<'a>>,
+}
+
+impl TableSpec<'_> {
+    /// How many figures measuring this table produces.
+    pub fn figure_count(&self) -> usize {
+        self.contenders.len() * self.threads.len()
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    assert!(!values.is_empty(), "median of nothing");
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+fn ns_per_op(run: Run) -> f64 {
+    assert!(run.ops > 0, "a run that did nothing");
+    // A run too fast for the clock would read 0; count it as one nanosecond in all.
+    run.wall.as_nanos().max(1) as f64 / run.ops as f64
+}
+
+/// Nanoseconds per operation of `workload` at `threads`, from one run long enough to time:
+/// starting small, multiplying the work until a run lasts an eighth of the target. Doubles
+/// as the warm-up.
+fn calibrate(workload: &Workload<'_>, threads: usize, settings: &Settings) -> f64 {
+    let long_enough = settings.target_run / 8;
+    let mut ops = 16;
+    loop {
+        let run = workload(threads, ops);
+        if run.wall >= long_enough || ops >= 1 << 30 {
+            return ns_per_op(run);
+        }
+        ops *= 4;
+    }
+}
+
+/// Measure every contender of `spec` at every thread count, ticking `progress` once per
+/// figure, and return the table with ratios to the baseline.
+pub fn measure_table(spec: &TableSpec<'_>, settings: &Settings, progress: &ProgressBar) -> Table {
+    let first_threads = *spec.threads.first().expect("a table has thread counts");
+    let series = spec
+        .contenders
+        .iter()
+        .map(|contender| {
+            progress.set_message(format!("{}: {} (calibrating)", spec.id, contender.name));
+            let calibrated_ns = calibrate(&contender.workload, first_threads, settings);
+            // Enough operations in all for one target run if nothing scaled or contended,
+            // shared out among the threads.
+            let total_ops = settings.target_run.as_nanos() as f64 / calibrated_ns;
+            let points = spec
+                .threads
+                .iter()
+                .map(|&threads| {
+                    progress.set_message(format!(
+                        "{}: {} at {threads} thread(s)",
+                        spec.id, contender.name
+                    ));
+                    let ops_per_thread = ((total_ops * first_threads as f64 / threads as f64)
+                        as u64)
+                        .clamp(settings.min_ops_per_thread, 1 << 32);
+                    let samples: Vec<f64> = (0..settings.repetitions)
+                        .map(|_| ns_per_op((contender.workload)(threads, ops_per_thread)))
+                        .collect();
+                    progress.inc(1);
+                    Point {
+                        threads,
+                        ns_per_op: median(&samples),
+                        ratio_to_baseline: f64::NAN,
+                        samples_ns_per_op: samples,
+                        ops_per_thread,
+                    }
+                })
+                .collect();
+            Series {
+                implementation: contender.name.clone(),
+                points,
+            }
+        })
+        .collect();
+    Table::with_ratios(
+        spec.id,
+        spec.title.clone(),
+        spec.note.clone(),
+        spec.baseline.clone(),
+        series,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+    }
+
+    #[test]
+    fn full_mode_goes_to_four_times_the_cpus() {
+        assert_eq!(Settings::for_mode(Mode::Full, 2).threads, [1, 2, 4, 8, 16]);
+        assert_eq!(
+            Settings::for_mode(Mode::Full, 6).threads,
+            [1, 2, 3, 4, 5, 6, 8, 16]
+        );
+        assert_eq!(Settings::for_mode(Mode::Quick, 2).threads, [1, 2, 4, 8]);
+    }
+}
