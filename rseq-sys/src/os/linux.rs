@@ -91,10 +91,18 @@ fn decide() -> Option<u8> {
         let state = OWNER.load(Ordering::Acquire);
         return (state != DECIDING).then_some(state);
     }
+    let _ = DECIDING_HERE.try_with(|here| here.set(true));
     POSSIBLE_CPUS.store(read_possible_cpus(), Ordering::Relaxed);
     let state = decide_owner();
     OWNER.store(state, Ordering::Release);
+    let _ = DECIDING_HERE.try_with(|here| here.set(false));
     Some(state)
+}
+
+thread_local! {
+    /// Set while this thread decides the owner: a call re-entered from inside the decision
+    /// (an allocator reached from `dlsym`, a signal handler) must not wait for it.
+    static DECIDING_HERE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 fn unavailable(code: u8, errno: i32) -> u8 {
@@ -518,12 +526,23 @@ fn process_reason() -> Reason {
     )
 }
 
+/// The owner. While another thread is deciding it, waits for the decision (a few system
+/// calls) rather than report a transient "busy" that later reads would contradict; only a
+/// call re-entered on the deciding thread itself gets `Unavailable(Busy)`.
 pub(crate) fn owner() -> Owner {
-    match owner_state() {
-        Some(GLIBC) => Owner::Glibc,
-        Some(SELF) => Owner::SelfRegistered,
-        Some(_) => Owner::Unavailable(process_reason()),
-        None => Owner::Unavailable(Reason::Busy),
+    loop {
+        return match owner_state() {
+            Some(GLIBC) => Owner::Glibc,
+            Some(SELF) => Owner::SelfRegistered,
+            Some(_) => Owner::Unavailable(process_reason()),
+            None if DECIDING_HERE.try_with(|here| here.get()).unwrap_or(true) => {
+                Owner::Unavailable(Reason::Busy)
+            }
+            None => {
+                std::thread::yield_now();
+                continue;
+            }
+        };
     }
 }
 
