@@ -1,7 +1,11 @@
 # Shared helpers for the CI scripts (sourced, not run). Every script that sources this runs
 # with `set -euo pipefail` from the workspace root.
 
-stage() { printf '\n=== %s (%ss since start)\n' "$1" "$SECONDS"; }
+# Seconds are counted from the start of the whole run (.ci/run exports CI_START) or of this
+# script when it runs alone.
+: "${CI_START:=$(date +%s)}"
+export CI_START
+stage() { printf '\n=== %s (%ss since start)\n' "$1" "$(($(date +%s) - CI_START))"; }
 
 fail() {
     printf 'FATAL: %s\n' "$*" >&2
@@ -28,6 +32,13 @@ crates_with() {
     while read -r crate; do
         if [[ -f $crate/$1 ]]; then printf '%s\n' "$crate"; fi
     done < <(workspace_crates)
+}
+
+# Whether the crate's library target runs unit tests (not declared `test = false` in its
+# Cargo.toml's [lib] section).
+lib_is_tested() {
+    ! awk '/^\[/ { lib = ($0 == "[lib]") } lib && /^test *= *false/ { found = 1 } END { exit !found }' \
+        "$1/Cargo.toml"
 }
 
 # Fails unless the nightly toolchain is installed (installing it if rustup can).

@@ -178,12 +178,14 @@ mod tests {
         let c = CLASSES[class].size;
         assert!(c >= size.max(1), "size {size} align {align} -> {c}");
         assert_eq!(c % align, 0, "size {size} align {align} -> {c}");
-        // The smallest class that fits and is aligned.
-        if class > 0 {
-            let smaller = CLASSES[..class]
-                .iter()
-                .any(|k| k.size >= size.max(1) && k.size % align == 0);
-            assert!(!smaller, "size {size} align {align}: a smaller class fits");
+        // The smallest class that fits and is aligned: class sizes strictly increase (checked
+        // above), so it is enough that the nearest smaller aligned class is too small.
+        if let Some(smaller) = CLASSES[..class].iter().rev().find(|k| k.size % align == 0) {
+            assert!(
+                smaller.size < size.max(1),
+                "size {size} align {align} -> {c}: class {} fits",
+                smaller.size
+            );
         }
         if align <= 8 && size > 56 {
             let waste = (c - size) as f64 / c as f64;
@@ -194,34 +196,55 @@ mod tests {
         }
     }
 
+    /// The sizes to check: natively every size up to [`MAX_SMALL`] (a fraction of a second).
+    /// Miri runs about a thousand times slower, so there every class size and its two
+    /// neighbours (where the answer changes), the edges of the two lookup tables, and every
+    /// `stride`-th size in between (about 20 seconds for both tests together).
+    fn sizes(stride: usize) -> Vec<usize> {
+        if !cfg!(miri) {
+            return (0..=MAX_SMALL).collect();
+        }
+        let mut sizes: Vec<usize> = (0..=MAX_SMALL).step_by(stride).collect();
+        for c in &CLASSES {
+            sizes.extend([c.size - 1, c.size, c.size + 1]);
+        }
+        sizes.extend([0, 1, SMALL_LOOKUP_MAX, SMALL_LOOKUP_MAX + 1, MAX_SMALL]);
+        sizes.retain(|&s| s <= MAX_SMALL);
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
     #[test]
     fn every_size_gets_the_smallest_fitting_class() {
-        // Miri is slow: step through the sizes there.
-        let step = if cfg!(miri) { 97 } else { 1 };
-        let mut size = 0;
-        while size <= MAX_SMALL {
-            check_size(size, 1);
-            size += step;
+        let sizes = sizes(STRIDE_UNDER_MIRI);
+        if !cfg!(miri) {
+            assert_eq!(sizes.len(), MAX_SMALL + 1);
         }
-        check_size(MAX_SMALL, 1);
+        for size in sizes {
+            check_size(size, 1);
+        }
     }
 
     #[test]
     fn aligned_requests_get_aligned_classes() {
-        let step = if cfg!(miri) { 251 } else { 7 };
+        let sizes = sizes(STRIDE_UNDER_MIRI * 4);
         let mut align = 1;
         while align <= MAX_SMALL_ALIGN {
-            let mut size = 0;
-            while size <= MAX_SMALL {
+            for &size in &sizes {
                 check_size(size, align);
-                size += step;
             }
+            // Around the alignment itself and its multiples near the ends.
             for size in [align - 1, align, align + 1, MAX_SMALL - align, MAX_SMALL] {
                 check_size(size, align);
             }
             align *= 2;
         }
     }
+
+    /// Under Miri, every this-many-th size (a prime, so the samples fall at every residue of
+    /// the 8- and 128-byte table granules).
+    const STRIDE_UNDER_MIRI: usize = 1021;
 
     #[test]
     fn oversized_or_overaligned_requests_are_large() {

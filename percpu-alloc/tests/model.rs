@@ -175,12 +175,20 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "the allocator maps its arenas with MAP_NORESERVE, which Miri's mmap does not support"
+    )]
     fn sequences_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..200)) {
         run(ops);
     }
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "the allocator maps its arenas with MAP_NORESERVE, which Miri's mmap does not support"
+)]
 fn sequences_match_the_model_on_many_threads() {
     // The same model per thread, all threads sharing the heap (and its CPU caches).
     std::thread::scope(|s| {

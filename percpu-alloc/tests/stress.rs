@@ -1,8 +1,12 @@
 //! Stress: many more threads than CPUs, signals and migrations during the run, cross-thread
 //! frees, and churn of 10,000 short-lived threads, with the allocator as the global one.
+//!
+//! `PERCPU_STRESS_SCALE` (a number in (0, 1], default 1) scales every test's iteration and
+//! thread-churn counts, never its thread counts: `.ci/valgrind` and `.ci/sanitizers` set it,
+//! since their tools run the threads many times slower.
 
 use percpu_alloc::PerCpuAlloc;
-use rseq_sys::testing::Disturber;
+use rseq_sys::testing::{stress_scaled as scaled, Disturber};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -24,16 +28,18 @@ fn verify(tag: u64, v: &[u64]) {
 #[test]
 fn threads_far_beyond_cpus_with_cross_thread_frees_under_disturbance() {
     let disturber = Disturber::start(Duration::from_micros(100));
-    let threads = 32;
+    let threads = 32u64;
+    // Even, so that each thread sends exactly half.
+    let per_thread = scaled(3_000).next_multiple_of(2);
     let (tx, rx) = mpsc::sync_channel::<(u64, Vec<u64>)>(256);
     std::thread::scope(|s| {
-        for t in 0..threads as u64 {
+        for t in 0..threads {
             let tx = tx.clone();
             let disturber = &disturber;
             s.spawn(move || {
                 disturber.enlist();
                 let mut mine = Vec::new();
-                for i in 0..3_000u64 {
+                for i in 0..per_thread {
                     let tag = (t << 32) | i;
                     let len = ((i * 13 + t) % 700) as usize;
                     let v = pattern(tag, len);
@@ -60,14 +66,16 @@ fn threads_far_beyond_cpus_with_cross_thread_frees_under_disturbance() {
             verify(tag, &v);
             received += 1;
         }
-        assert_eq!(received, threads * 1_500);
+        assert_eq!(received, threads * per_thread / 2);
     });
     let disturbed = disturber.stop();
     assert!(disturbed.signals > 0);
 }
 
+/// 100 waves of 100 threads (fewer waves when scaled down).
 #[test]
 fn ten_thousand_short_lived_threads() {
+    let waves = scaled(100);
     let (tx, rx) = mpsc::channel::<(u64, Vec<u64>)>();
     let checker = std::thread::spawn(move || {
         let mut n = 0u64;
@@ -78,7 +86,7 @@ fn ten_thousand_short_lived_threads() {
         n
     });
     let mut joined = 0u64;
-    for wave in 0..100u64 {
+    for wave in 0..waves {
         let handles: Vec<_> = (0..100u64)
             .map(|t| {
                 let tx = tx.clone();
@@ -104,16 +112,17 @@ fn ten_thousand_short_lived_threads() {
         }
     }
     drop(tx);
-    assert_eq!(joined, 10_000);
-    assert_eq!(checker.join().unwrap(), 10_000);
+    assert_eq!(joined, waves * 100);
+    assert_eq!(checker.join().unwrap(), waves * 100);
 }
 
 #[test]
 fn large_blocks_churn_across_threads() {
+    let per_thread = scaled(40);
     std::thread::scope(|s| {
         for t in 0..8u64 {
             s.spawn(move || {
-                for i in 0..40u64 {
+                for i in 0..per_thread {
                     let len = (300_000 + ((i * 7919 + t) % 500_000)) as usize / 8;
                     let mut v = pattern(t * 100 + i, len);
                     v.resize(len * 2, 0);

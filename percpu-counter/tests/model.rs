@@ -37,6 +37,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Longest operation sequence: Miri interprets every step (and the arena test checks every
+/// counter after each), so sequences there are short.
+const MAX_OPS: usize = if cfg!(miri) { 16 } else { 64 };
+
 fn cases() -> u32 {
     if cfg!(miri) {
         4
@@ -49,7 +53,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn counter_matches_the_model(ops in proptest::collection::vec(op(), 0..64)) {
+    fn counter_matches_the_model(ops in proptest::collection::vec(op(), 0..MAX_OPS)) {
         let counter = PerCpuCounter::with_backend(Simulated::new(CPUS));
         let mut model: i64 = 0;
         set_cpu(None);
@@ -95,7 +99,7 @@ proptest! {
 
     #[test]
     fn set_matches_the_model(
-        ops in proptest::collection::vec((op(), 0usize..5), 0..64),
+        ops in proptest::collection::vec((op(), 0usize..5), 0..MAX_OPS),
     ) {
         let set: CounterSet<5, _> = CounterSet::with_backend(Simulated::new(CPUS));
         let mut model = [0i64; 5];
@@ -137,7 +141,7 @@ proptest! {
 
     #[test]
     fn arena_counters_match_the_model(
-        ops in proptest::collection::vec((op(), 0usize..24, any::<bool>()), 0..96),
+        ops in proptest::collection::vec((op(), 0usize..24, any::<bool>()), 0..MAX_OPS * 3 / 2),
     ) {
         let arena = PerCpuArena::with_backend(Simulated::new(CPUS));
         // Up to 24 handles; `replace` drops one and takes a (possibly recycled) new one.

@@ -9,7 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 const THREADS: usize = if cfg!(miri) { 3 } else { 16 };
-const PER_THREAD: u64 = if cfg!(miri) { 40 } else { 20_000 };
+
+/// Operations per thread: 20,000, times `PERCPU_STRESS_SCALE` when set (a number in (0, 1];
+/// `.ci/valgrind` and `.ci/sanitizers` set it, since their tools run the threads many times
+/// slower), and 40 under Miri.
+fn per_thread() -> u64 {
+    if cfg!(miri) {
+        return 40;
+    }
+    rseq_sys::testing::stress_scaled(20_000)
+}
 
 #[cfg(not(miri))]
 type Disturber = rseq_sys::testing::Disturber;
@@ -65,6 +74,7 @@ fn assert_exactly_once(mut ids: Vec<u64>, expected: u64) {
 
 #[test]
 fn freelist_push_pop_from_every_thread_loses_and_duplicates_nothing() {
+    let per_thread = per_thread();
     let mut list: FreeList<u64> = FreeList::new();
     let disturbance = Disturbance::start();
     let popped = Mutex::new(Vec::new());
@@ -74,8 +84,8 @@ fn freelist_push_pop_from_every_thread_loses_and_duplicates_nothing() {
             s.spawn(move || {
                 disturbance.enlist();
                 let mut mine = Vec::new();
-                for i in 0..PER_THREAD {
-                    list.push(Box::new(Node::new(t * PER_THREAD + i)));
+                for i in 0..per_thread {
+                    list.push(Box::new(Node::new(t * per_thread + i)));
                     // Pop a little less than we push so lists grow and steals have prey.
                     if i % 8 != 0 {
                         mine.extend(list.pop().map(|n| n.into_inner()));
@@ -89,12 +99,13 @@ fn freelist_push_pop_from_every_thread_loses_and_duplicates_nothing() {
     disturbance.finish();
     let mut ids = popped.into_inner().unwrap();
     ids.extend(list.drain().into_iter().map(|n| n.into_inner()));
-    assert_exactly_once(ids, THREADS as u64 * PER_THREAD);
+    assert_exactly_once(ids, THREADS as u64 * per_thread);
     assert!(list.is_empty());
 }
 
 #[test]
 fn freelist_consumers_steal_what_producers_push() {
+    let per_thread = per_thread();
     let mut list: FreeList<u64> = FreeList::new();
     let disturbance = Disturbance::start();
     let producers = THREADS / 2;
@@ -105,8 +116,8 @@ fn freelist_consumers_steal_what_producers_push() {
             let (list, producing, disturbance) = (&list, &producing, &disturbance);
             s.spawn(move || {
                 disturbance.enlist();
-                for i in 0..PER_THREAD {
-                    list.push(Box::new(Node::new(t * PER_THREAD + i)));
+                for i in 0..per_thread {
+                    list.push(Box::new(Node::new(t * per_thread + i)));
                 }
                 disturbance.retire();
                 producing.fetch_sub(1, Ordering::Release);
@@ -137,7 +148,7 @@ fn freelist_consumers_steal_what_producers_push() {
     let left = list.drain();
     let stranded = left.len();
     ids.extend(left.into_iter().map(|n| n.into_inner()));
-    assert_exactly_once(ids, producers as u64 * PER_THREAD);
+    assert_exactly_once(ids, producers as u64 * per_thread);
     // The last consumer to stop saw every list empty while no other consumer was moving a
     // batch (one that is keeps popping until it too sees nothing). So whenever consumers can
     // reach every CPU's list (stealing works, or everything went through the fallback),
@@ -153,6 +164,7 @@ fn freelist_consumers_steal_what_producers_push() {
 
 #[test]
 fn buffer_items_are_popped_drained_or_handed_back_exactly_once() {
+    let per_thread = per_thread();
     let mut buffer: PerCpuBuffer<u64> = PerCpuBuffer::with_capacity(64);
     let disturbance = Disturbance::start();
     let out = Mutex::new(Vec::new());
@@ -164,8 +176,8 @@ fn buffer_items_are_popped_drained_or_handed_back_exactly_once() {
             s.spawn(move || {
                 disturbance.enlist();
                 let mut mine = Vec::new();
-                for i in 0..PER_THREAD {
-                    if let Err(back) = buffer.push(Box::new(t * PER_THREAD + i)) {
+                for i in 0..per_thread {
+                    if let Err(back) = buffer.push(Box::new(t * per_thread + i)) {
                         handed_back_total.fetch_add(1, Ordering::Relaxed);
                         mine.push(*back);
                     }
@@ -181,7 +193,7 @@ fn buffer_items_are_popped_drained_or_handed_back_exactly_once() {
     disturbance.finish();
     let mut ids = out.into_inner().unwrap();
     ids.extend(buffer.drain().into_iter().map(|b| *b));
-    assert_exactly_once(ids, THREADS as u64 * PER_THREAD);
+    assert_exactly_once(ids, THREADS as u64 * per_thread);
     // Pushes outnumber pops 3:1 against 64 slots per CPU: full stacks must hand items back.
     assert!(handed_back_total.load(Ordering::Relaxed) > 0);
 }
@@ -193,6 +205,7 @@ struct Tracked {
 
 #[test]
 fn pool_objects_are_never_shared_and_idle_stays_bounded() {
+    let per_thread = per_thread();
     const MAX_IDLE: usize = 8;
     let created = std::sync::Arc::new(AtomicUsize::new(0));
     let creations = created.clone();
@@ -209,7 +222,7 @@ fn pool_objects_are_never_shared_and_idle_stays_bounded() {
             let (pool, disturbance) = (&pool, &disturbance);
             s.spawn(move || {
                 disturbance.enlist();
-                for i in 0..PER_THREAD {
+                for i in 0..per_thread {
                     let a = pool.get();
                     assert!(
                         !a.in_use.swap(true, Ordering::Acquire),
@@ -314,6 +327,7 @@ fn simulated_migrations_and_aborts_with_the_buffer_lose_nothing() {
 }
 
 fn simulated_migrations_and_aborts(with_buffer: bool) {
+    let per_thread = per_thread();
     use rseq_sys::simulation::{abort_one_in, set_cpu};
     use rseq_sys::Simulated;
     const CPUS: usize = 3;
@@ -327,13 +341,13 @@ fn simulated_migrations_and_aborts(with_buffer: bool) {
             s.spawn(move || {
                 abort_one_in(5, t + 1);
                 let mut mine = Vec::new();
-                for i in 0..PER_THREAD {
+                for i in 0..per_thread {
                     if i % 7 == 0 {
                         // CPUs 0..3, and every fourth move to no CPU at all.
                         let slot = ((t + i / 7) % (CPUS as u64 + 1)) as usize;
                         set_cpu((slot < CPUS).then_some(slot));
                     }
-                    let id = t * PER_THREAD + i;
+                    let id = t * per_thread + i;
                     if i % 2 == 0 || !with_buffer {
                         list.push(Box::new(Node::new(id)));
                     } else if let Err(back) = buffer.push(Box::new(id)) {
@@ -354,5 +368,5 @@ fn simulated_migrations_and_aborts(with_buffer: bool) {
     let mut ids = out.into_inner().unwrap();
     ids.extend(list.drain().into_iter().map(|n| n.into_inner()));
     ids.extend(buffer.drain().into_iter().map(|b| *b));
-    assert_exactly_once(ids, THREADS as u64 * PER_THREAD);
+    assert_exactly_once(ids, THREADS as u64 * per_thread);
 }

@@ -194,3 +194,26 @@ impl Drop for Disturber {
 pub fn signals_handled() -> u64 {
     HANDLER_SIGNALS.load(Ordering::Relaxed)
 }
+
+/// `n` scaled by `PERCPU_STRESS_SCALE`, rounded up: the iteration count for a stress test
+/// whose work is a count rather than a duration.
+///
+/// The variable is a number in (0, 1] (default 1). Tools that run threads many times slower
+/// (valgrind, the sanitizers) set it, so a test keeps its thread counts, and with them its
+/// interleavings, while doing less work per thread.
+///
+/// # Panics
+///
+/// If the variable is set to anything but a number in (0, 1]: a typo must not quietly run a
+/// test at full size, or at none.
+pub fn stress_scaled(n: u64) -> u64 {
+    let scale = match std::env::var("PERCPU_STRESS_SCALE") {
+        Ok(value) => value
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && *s <= 1.0)
+            .unwrap_or_else(|| panic!("PERCPU_STRESS_SCALE={value}: want a number in (0, 1]")),
+        Err(_) => 1.0,
+    };
+    (n as f64 * scale).ceil() as u64
+}
