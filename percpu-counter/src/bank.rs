@@ -103,7 +103,7 @@ impl<B: Backend> Bank<B> {
             Some(rows) => rows,
             None => {
                 self.backend.current_cpu()?;
-                self.cpus.get_or_init(self.backend.slot_count())
+                self.cpus.get_or_init(|| self.backend.slot_count())
             }
         };
         Some(rows.slots(column))
@@ -114,7 +114,7 @@ impl<B: Backend> Bank<B> {
     #[inline(never)]
     fn add_slow(&self, column: usize, value: u64) {
         if self.cpus.get().is_none() && self.backend.current_cpu().is_some() {
-            let cpus = self.cpus.get_or_init(self.backend.slot_count());
+            let cpus = self.cpus.get_or_init(|| self.backend.slot_count());
             let slots = cpus.slots(column);
             loop {
                 match self.backend.add(slots, value) {
@@ -126,7 +126,7 @@ impl<B: Backend> Bank<B> {
         }
         let stripes = self
             .stripes
-            .get_or_init(stripe::stripe_count(self.backend.slot_count()));
+            .get_or_init(|| stripe::stripe_count(self.backend.slot_count()));
         stripes
             .word(stripe::current(stripes.rows()), column)
             .fetch_add(value, Ordering::Relaxed);

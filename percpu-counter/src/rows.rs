@@ -111,12 +111,21 @@ impl LazyRows {
         })
     }
 
-    /// The block, allocating `rows` zeroed rows if nobody has yet. (If racing callers ask
+    /// The block, allocating `rows()` zeroed rows if nobody has yet. (If racing callers ask
     /// for different counts, the first to fix the count decides for all.)
-    pub(crate) fn get_or_init(&self, rows: usize) -> Rows<'_> {
-        if let Some(block) = self.get() {
-            return block;
+    #[inline]
+    pub(crate) fn get_or_init(&self, rows: impl FnOnce() -> usize) -> Rows<'_> {
+        match self.get() {
+            Some(block) => block,
+            None => self.init(rows()),
         }
+    }
+
+    /// The allocating half of [`get_or_init`](Self::get_or_init): out of line, so the
+    /// published case stays a few instructions wherever it is inlined.
+    #[cold]
+    #[inline(never)]
+    fn init(&self, rows: usize) -> Rows<'_> {
         // Fix the row count before any block is published, so that whoever acquires the
         // published pointer also sees the count (the count's store happens before the CAS
         // that publishes, through this acquire or the publisher's own program order).
