@@ -1,6 +1,6 @@
-//! rseq-sys's per-CPU add (looked up per operation, and pinned to the thread's section once)
-//! against `AtomicU64::fetch_add(Relaxed)` and against a hand-written C rseq add, at 1, 2 and
-//! 8 threads; and the cost of the CPU-id lookup alone.
+//! rseq-sys's per-CPU add (looked up per operation, through a resolved backend, and pinned to
+//! the thread's section once) against `AtomicU64::fetch_add(Relaxed)` and against a
+//! hand-written C rseq add, at 1, 2 and 8 threads; and the cost of the CPU-id lookup alone.
 //!
 //! Figures are per operation of aggregate throughput (see `percpu_benches::contended`). Each
 //! thread's slot view and value (opaque to the optimiser) are its own state, made before the
@@ -39,10 +39,13 @@ impl PerCpuSlots {
         SlotArray::project(&self.slots, |s| &**s)
     }
 
+    /// An add through `rseq`: [`Rseq::CPU_ID`] itself (the area looked up on every call) or
+    /// a [`Rseq::resolved`] copy that carries its section (no lookup of rseq-sys's statics
+    /// in front of the section).
     #[inline(always)]
-    fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) {
+    fn add(&self, rseq: Rseq, slots: SlotArray<'_, AtomicU64>, value: u64) {
         loop {
-            match Rseq::CPU_ID.add(slots, value) {
+            match rseq.add(slots, value) {
                 Outcome::Completed { .. } => return,
                 Outcome::Aborted => continue,
                 Outcome::NoCpu => {
@@ -93,7 +96,23 @@ fn add(c: &mut Criterion) {
                         threads,
                         iters,
                         |_| (view, black_box(1)),
-                        |&mut (view, one)| slots.add(view, one),
+                        |&mut (view, one)| slots.add(Rseq::CPU_ID, view, one),
+                    )
+                })
+            },
+        );
+        let resolved_slots = PerCpuSlots::new();
+        let resolved_view = resolved_slots.view();
+        group.bench_with_input(
+            BenchmarkId::new("rseq-sys resolved", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    contended(
+                        threads,
+                        iters,
+                        |_| (Rseq::CPU_ID.resolved(), resolved_view, black_box(1)),
+                        |&mut (rseq, view, one)| resolved_slots.add(rseq, view, one),
                     )
                 })
             },
