@@ -41,7 +41,7 @@ fn hammer(work: impl Fn(usize, u64) -> i64 + Sync, reader: impl Fn() -> i64 + Sy
                     disturber.enlist();
                     let mut added = 0i64;
                     let mut step = 0u64;
-                    while !step.is_multiple_of(256) || Instant::now() < deadline {
+                    while !step.is_multiple_of(256) || disturber.keeps_working(deadline) {
                         added = added.wrapping_add(work(thread, step));
                         step += 1;
                     }

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Counts of what the disturber did, to show it ran.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +166,19 @@ impl Disturber {
     pub fn signals_sent(&self) -> u64 {
         self.shared.signals.load(Ordering::Relaxed)
     }
+
+    /// Whether a worker bounded by time should go on: until `deadline`, and after it until
+    /// the disturber has signalled someone. A scheduler that runs one thread at a time
+    /// (valgrind's) can keep the disturber off the CPU for a whole short run, and a run that
+    /// was never disturbed tests nothing. Gives up [`Disturber::GRACE`] after the deadline so
+    /// that a broken disturber fails the test's own check instead of hanging it.
+    pub fn keeps_working(&self, deadline: Instant) -> bool {
+        let now = Instant::now();
+        now < deadline || (self.signals_sent() == 0 && now < deadline + Self::GRACE)
+    }
+
+    /// How long past its deadline [`Disturber::keeps_working`] waits for a first signal.
+    pub const GRACE: Duration = Duration::from_secs(60);
 
     /// Stop and report what was done.
     pub fn stop(mut self) -> Disturbed {

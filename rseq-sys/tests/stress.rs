@@ -38,9 +38,7 @@ fn counter_stress(threads: usize, run_for: Duration, require_aborts: bool) {
                 s.spawn(|| {
                     disturber.enlist();
                     let mut made = 0u64;
-                    while !made.is_multiple_of(1024)
-                        || (Instant::now() < deadline || disturber.signals_sent() == 0)
-                    {
+                    while !made.is_multiple_of(1024) || disturber.keeps_working(deadline) {
                         made += 1;
                         loop {
                             match rseq.add(SlotArray::from_slice(&slots), 1) {
@@ -213,9 +211,7 @@ fn list_stress(threads: usize, nodes_per_thread: usize, run_for: Duration, requi
                 // Pop a few, hold them (so nodes move between CPUs), push them back.
                 let mut held = Vec::new();
                 let mut round = 0usize;
-                while !round.is_multiple_of(1024)
-                    || (Instant::now() < deadline || disturber.signals_sent() == 0)
-                {
+                while !round.is_multiple_of(1024) || disturber.keeps_working(deadline) {
                     round += 1;
                     if let Some(node) = lists.pop(tally) {
                         held.push(node);
@@ -365,9 +361,7 @@ fn stealing_with_fences_loses_and_duplicates_nothing() {
                     let deadline = Instant::now() + Duration::from_millis(400);
                     let mut held = Vec::new();
                     let mut round = 0usize;
-                    while !round.is_multiple_of(256)
-                        || (Instant::now() < deadline || disturber.signals_sent() == 0)
-                    {
+                    while !round.is_multiple_of(256) || disturber.keeps_working(deadline) {
                         round += 1;
                         if let Some(node) = lists.pop(tally) {
                             held.push(node);
