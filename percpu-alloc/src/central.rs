@@ -27,9 +27,10 @@ struct Central {
     /// Freed objects, linked through their first word.
     free: *mut u8,
     free_count: usize,
-    /// Never-used objects: `[bump, bump_end)` in the newest span.
-    bump: usize,
-    bump_end: usize,
+    /// Never-used objects: `[bump, bump + bump_left)` in the newest span (a pointer, so
+    /// that objects carved from it keep the span's provenance).
+    bump: *mut u8,
+    bump_left: usize,
     /// Objects ever carved from spans (for statistics).
     carved: usize,
 }
@@ -42,8 +43,8 @@ static CENTRAL: [SpinLock<Central>; NUM_CLASSES] = [const {
     SpinLock::new(Central {
         free: core::ptr::null_mut(),
         free_count: 0,
-        bump: 0,
-        bump_end: 0,
+        bump: core::ptr::null_mut(),
+        bump_left: 0,
         carved: 0,
     })
 }; NUM_CLASSES];
@@ -71,9 +72,10 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
             FREE_BYTES.fetch_sub(size, Ordering::Relaxed);
             out[n] = object;
             n += 1;
-        } else if list.bump_end - list.bump >= size {
-            out[n] = list.bump as *mut u8;
-            list.bump += size;
+        } else if list.bump_left >= size {
+            out[n] = list.bump;
+            list.bump = list.bump.wrapping_add(size);
+            list.bump_left -= size;
             list.carved += 1;
             n += 1;
         } else {
@@ -86,8 +88,8 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
             let Some(span) = page_heap::new_span(span_bytes, class) else {
                 break;
             };
-            list.bump = span.as_ptr() as usize;
-            list.bump_end = list.bump + (span_bytes / size) * size;
+            list.bump = span.as_ptr();
+            list.bump_left = (span_bytes / size) * size;
         }
     }
     n
@@ -129,12 +131,12 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
     let size = CLASSES[class].size;
     let span_bytes = CLASSES[class].span_bytes;
     let per_span = span_bytes / size;
-    let word = core::mem::size_of::<usize>();
+    let word = core::mem::size_of::<*mut u8>();
     let mut list = CENTRAL[class].lock();
     let n = list.free_count;
     // The span the bump range is in, and how many objects were carved from it.
-    let bump_span = if list.bump < list.bump_end {
-        pagemap::span_start(list.bump_end - 1).map(|span| (span, (list.bump - span) / size))
+    let bump_span = if list.bump_left > 0 {
+        pagemap::span_start(list.bump.addr()).map(|span| (span, (list.bump.addr() - span) / size))
     } else {
         None
     };
@@ -149,12 +151,12 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
     let Some(scratch) = os::map(scratch_bytes) else {
         return 0;
     };
-    // SAFETY: the fresh mapping holds `n` words, is zeroed (valid `usize`s), and is only
+    // SAFETY: the fresh mapping holds `n` words, is zeroed (null pointers), and is only
     // used through this slice until it is unmapped below.
-    let objects = unsafe { core::slice::from_raw_parts_mut(scratch.as_ptr().cast::<usize>(), n) };
+    let objects = unsafe { core::slice::from_raw_parts_mut(scratch.as_ptr().cast::<*mut u8>(), n) };
     let mut next = list.free;
     for slot in objects.iter_mut() {
-        *slot = next as usize;
+        *slot = next;
         // SAFETY: `free_count` objects are on the list, each linked through its first
         // word by `insert` (or by the relinking below).
         next = unsafe { next.cast::<*mut u8>().read() };
@@ -170,12 +172,12 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
     while i < n {
         // Every free object lies in a span of this class; `None` would be a broken book,
         // and keeping such an object on the list is the harmless answer.
-        let span = pagemap::span_start(objects[i]);
+        let span = pagemap::span_start(objects[i].addr());
         let mut j = i + 1;
         if let Some(span) = span {
             // Spans do not overlap, so the sorted objects below `span + span_bytes` from
             // `i` on are exactly this span's.
-            while j < n && objects[j] < span + span_bytes {
+            while j < n && objects[j].addr() < span + span_bytes {
                 j += 1;
             }
         }
@@ -186,16 +188,17 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
         match span {
             Some(span) if j - i == carved => {
                 if matches!(bump_span, Some((bump, _)) if bump == span) {
-                    list.bump = 0;
-                    list.bump_end = 0;
+                    list.bump = core::ptr::null_mut();
+                    list.bump_left = 0;
                 }
                 list.carved -= carved;
-                objects[released_spans] = span;
+                // The span's start, derived from one of its objects to keep the arena's
+                // provenance.
+                objects[released_spans] = objects[i].with_addr(span);
                 released_spans += 1;
             }
             _ => {
                 for &object in &objects[i..j] {
-                    let object = object as *mut u8;
                     if tail.is_null() {
                         head = object;
                     } else {
@@ -223,8 +226,7 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
         // SAFETY: every object carved from this span was on the free list and has been
         // taken off it under the lock, and the bump range no longer points into it, so
         // nothing refers to the span any more; span starts are never null.
-        released +=
-            unsafe { page_heap::release_span(NonNull::new_unchecked(span as *mut u8), span_bytes) };
+        released += unsafe { page_heap::release_span(NonNull::new_unchecked(span), span_bytes) };
     }
     // SAFETY: the scratch mapping is ours and `objects` is not used past this point.
     unsafe { os::unmap(scratch, scratch_bytes) };

@@ -37,8 +37,10 @@
 //!   so fresh spans are never touched before use).
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
 //!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
-//!   size class (small spans) or mapped length (large allocations), so `dealloc` needs no
-//!   size, and [`PerCpuAlloc::usable_size`] and `realloc` work. Requests over 256 KiB or
+//!   size class (small spans) or mapped length (large allocations), so a block can be
+//!   freed without its size ([`PerCpuAlloc::free`]), and [`PerCpuAlloc::usable_size`] and
+//!   `realloc` work. `dealloc` takes the class from the layout and lets the pagemap
+//!   confirm it off the critical path. Requests over 256 KiB or
 //!   aligned beyond 4 KiB get their own mapping (alignment by over-reserving and trimming,
 //!   any power of two up to what the address space allows, 1 GiB included); `realloc` of
 //!   such blocks uses `mremap`. The page size is read at run time.
@@ -126,11 +128,23 @@ impl PerCpuAlloc {
     /// objects, any address inside one of its spans answers with that span's class size;
     /// the answer is meaningful only for live blocks).
     pub fn usable_size(ptr: *const u8) -> Option<usize> {
-        match pagemap::get(ptr as usize) {
+        match pagemap::get(ptr.addr()) {
             Entry::Small(class) => Some(CLASSES[class].size),
             Entry::Large(len) => Some(len),
             Entry::None => None,
         }
+    }
+
+    /// Free the block at `ptr` without its layout (C's `free`): the pagemap says what it
+    /// is. A pointer this allocator never handed out is left alone. [`GlobalAlloc::dealloc`]
+    /// is faster when the layout is at hand: it need not wait for the pagemap.
+    ///
+    /// # Safety
+    /// `ptr` is a live block returned by this allocator (through any handle), or memory it
+    /// never handed out; it is not used afterwards.
+    pub unsafe fn free(ptr: *mut u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe { free_entry(ptr, pagemap::get(ptr.addr())) }
     }
 }
 
@@ -148,6 +162,41 @@ fn alloc_layout(layout: Layout) -> *mut u8 {
         None => page_heap::alloc_large(layout.size(), layout.align())
             .map_or(ptr::null_mut(), NonNull::as_ptr),
     }
+}
+
+/// Free the block at `ptr`, which the pagemap says is `entry`.
+///
+/// # Safety
+/// `ptr` is a live block this allocator returned (or, for `Entry::None`, anything), not
+/// used afterwards.
+#[inline]
+unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
+    match entry {
+        // SAFETY: the caller hands back a live block this allocator returned; the pagemap
+        // says it is an object of `class`.
+        Entry::Small(class) => unsafe { front::free(class, ptr) },
+        // SAFETY: as above; a large block starts its mapping of `len` bytes.
+        Entry::Large(len) => unsafe { page_heap::free_large(NonNull::new_unchecked(ptr), len) },
+        // Not ours: leaving it alone is the only safe answer.
+        Entry::None => {}
+    }
+}
+
+/// [`GlobalAlloc::dealloc`] when the layout did not name the block's class: large blocks,
+/// and C callers that know only the usable size. Out of line, to keep `dealloc` small.
+///
+/// # Safety
+/// As for [`free_entry`].
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_by_pagemap(ptr: *mut u8) {
+    let entry = pagemap::get(ptr.addr());
+    debug_assert!(
+        entry != Entry::None,
+        "dealloc of a pointer this allocator never returned"
+    );
+    // SAFETY: forwarded from the caller; the entry is the pagemap's.
+    unsafe { free_entry(ptr, entry) }
 }
 
 // SAFETY: `alloc` returns null or a block of at least `layout.size()` bytes aligned to
@@ -179,28 +228,26 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        match pagemap::get(ptr as usize) {
-            Entry::Small(class) => {
-                debug_assert!(CLASSES[class].size >= layout.size());
-                // SAFETY: the caller hands back a live block this allocator returned; the
-                // pagemap says it is an object of `class`.
-                unsafe { front::free(class, ptr) }
-            }
-            Entry::Large(len) => {
-                debug_assert!(len >= layout.size());
-                // SAFETY: as above; a large block starts its mapping of `len` bytes.
-                unsafe { page_heap::free_large(NonNull::new_unchecked(ptr), len) }
-            }
-            // Not ours: the caller broke the contract; leaking is the only safe answer.
-            Entry::None => {
-                debug_assert!(false, "dealloc of a pointer this allocator never returned")
-            }
+        // The layout names the class (a block's class is always the one its current layout
+        // maps to: `realloc` keeps a block in place only then), so the push in `front::free`
+        // need not wait for the pagemap's two dependent loads. The pagemap still confirms
+        // the class, on a branch the processor predicts and runs ahead of; when it does not
+        // (large blocks, or a layout other than the block's) its word decides.
+        match size_class::class_for(layout.size(), layout.align()) {
+            // SAFETY: the caller hands back a live block this allocator returned, and the
+            // pagemap says it is an object of `class`.
+            Some(class) if pagemap::is_small_of(ptr.addr(), class) => unsafe {
+                front::free(class, ptr)
+            },
+            // SAFETY: forwarded from the caller.
+            _ => unsafe { dealloc_by_pagemap(ptr) },
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
-        match pagemap::get(ptr as usize) {
+        let entry = pagemap::get(ptr.addr());
+        match entry {
             Entry::Small(class) => {
                 if size_class::class_for(new_size, align) == Some(class) {
                     return ptr;
@@ -225,7 +272,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
             // SAFETY: both blocks are live, distinct, and at least `min(old, new)` bytes long.
             unsafe {
                 ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
+                free_entry(ptr, entry);
             }
         }
         new

@@ -3,6 +3,11 @@
 //! Contract: every function returns `None` (or does nothing) on failure instead of
 //! panicking, never allocates through the global allocator, and keeps [`mapped_bytes`] equal
 //! to the bytes this crate currently holds mapped.
+//!
+//! Under Miri each function hands over to [`interpreted`] first: Miri's `mmap` accepts only
+//! malloc-like calls (no `MAP_NORESERVE`, no partial `munmap`, no `madvise`), so there the
+//! memory comes from the system allocator, with the same contract, and everything above this
+//! module (the crate's unsafe memory handling) runs in the interpreter unchanged.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +41,10 @@ pub(crate) fn mapped_bytes() -> usize {
 
 /// Map `len` bytes (a non-zero multiple of the page size) of fresh, zeroed, read-write
 /// anonymous memory, page-aligned. `None` when the kernel refuses.
+#[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) fn map(len: usize) -> Option<NonNull<u8>> {
+    #[cfg(miri)]
+    return interpreted::map(len, page_size());
     debug_assert!(len > 0 && len.is_multiple_of(page_size()));
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
     // existing memory.
@@ -59,29 +67,31 @@ pub(crate) fn map(len: usize) -> Option<NonNull<u8>> {
 
 /// Map `len` bytes aligned to `align` (a power of two; `len` a multiple of the page size) by
 /// over-reserving and unmapping the unaligned head and the tail.
+#[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
+    #[cfg(miri)]
+    return interpreted::map(len, align.max(page_size()));
     let page = page_size();
     if align <= page {
         return map(len);
     }
     let total = len.checked_add(align - page)?;
     let base = map(total)?;
-    let start = base.as_ptr() as usize;
-    let aligned = (start + align - 1) & !(align - 1);
-    let head = aligned - start;
+    let head = base.as_ptr().addr().wrapping_neg() & (align - 1);
+    let aligned = base.as_ptr().wrapping_add(head);
     let tail = total - head - len;
-    // SAFETY: `[start, start + head)` and `[aligned + len, start + total)` lie inside the
+    // SAFETY: `[base, base + head)` and `[aligned + len, base + total)` lie inside the
     // mapping just made, which nothing else knows about; both are page multiples because
-    // `start`, `aligned`, `len` and `total` are.
+    // `base`, `aligned`, `len` and `total` are.
     unsafe {
         if head > 0 {
             unmap(base, head);
         }
         if tail > 0 {
-            unmap(NonNull::new_unchecked((aligned + len) as *mut u8), tail);
+            unmap(NonNull::new_unchecked(aligned.wrapping_add(len)), tail);
         }
     }
-    NonNull::new(aligned as *mut u8)
+    NonNull::new(aligned)
 }
 
 /// Unmap `[ptr, ptr + len)`.
@@ -89,7 +99,11 @@ pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// The range was mapped by this module (as a whole or part of a mapping), is a page
 /// multiple, and nothing uses it afterwards.
+#[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    #[cfg(miri)]
+    // SAFETY: forwarded from the caller.
+    return unsafe { interpreted::unmap(ptr, len) };
     // SAFETY: the caller hands over the range, which this module mapped.
     let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
     if rc == 0 {
@@ -110,7 +124,11 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
 /// # Safety
 /// The range lies in a mapping made by this module, is a page multiple, and nothing reads
 /// or writes it until it is handed out again (its contents are lost).
+#[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) unsafe fn release(ptr: NonNull<u8>, len: usize) -> bool {
+    #[cfg(miri)]
+    // SAFETY: forwarded from the caller.
+    return unsafe { interpreted::release(ptr, len) };
     debug_assert!(len.is_multiple_of(page_size()));
     // SAFETY: the caller guarantees the range is ours and unused; DONTNEED on a private
     // anonymous mapping only replaces its pages with zero-fill-on-demand ones.
@@ -123,11 +141,15 @@ pub(crate) unsafe fn release(ptr: NonNull<u8>, len: usize) -> bool {
 /// # Safety
 /// `[ptr, ptr + old_len)` is a whole mapping made by this module, not used by anyone else
 /// during the call; on success the old range must no longer be used.
+#[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) unsafe fn remap(
     ptr: NonNull<u8>,
     old_len: usize,
     new_len: usize,
 ) -> Option<NonNull<u8>> {
+    #[cfg(miri)]
+    // SAFETY: forwarded from the caller.
+    return unsafe { interpreted::remap(ptr, old_len, new_len) };
     // SAFETY: the caller owns the whole mapping; MREMAP_MAYMOVE lets the kernel pick a new
     // address and never touches other mappings.
     let new = unsafe { libc::mremap(ptr.as_ptr().cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
@@ -144,7 +166,11 @@ pub(crate) unsafe fn remap(
 
 /// The process's resident set in bytes, from `/proc/self/statm` (read with raw
 /// open/read into a stack buffer: no allocation). `None` when unreadable.
+#[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) fn process_resident_bytes() -> Option<usize> {
+    // Miri isolates the program from the file system.
+    #[cfg(miri)]
+    return None;
     let mut buf = [0u8; 128];
     // SAFETY: NUL-terminated path, read-only open.
     let fd = unsafe {
@@ -180,6 +206,107 @@ pub(crate) fn process_resident_bytes() -> Option<usize> {
             .checked_add(usize::from(digit - b'0'))?;
     }
     pages.checked_mul(page_size())
+}
+
+/// The memory calls as the interpreter can run them: the system allocator (never the global
+/// one, which may be this crate) stands in for the kernel's mappings.
+#[cfg(miri)]
+mod interpreted {
+    use super::{page_size, MAPPED};
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::ptr::NonNull;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::alloc::System;
+
+    /// Mappings aligned beyond a page, as (address, alignment): `dealloc` needs the
+    /// alignment `alloc` was given, and `unmap` is told only the address and length. A
+    /// fixed table, since this module may not allocate through the global allocator; the
+    /// interpreted tests hold a handful at a time.
+    static OVER_ALIGNED: [(AtomicUsize, AtomicUsize); 256] =
+        [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 256];
+
+    fn layout(len: usize, align: usize) -> Option<Layout> {
+        Layout::from_size_align(len, align).ok()
+    }
+
+    pub(super) fn map(len: usize, align: usize) -> Option<NonNull<u8>> {
+        let layout = layout(len, align)?;
+        let slot = if align > page_size() {
+            // Claim a free entry before allocating, so a full table fails cleanly.
+            Some(OVER_ALIGNED.iter().find(|(address, _)| {
+                address
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })?)
+        } else {
+            None
+        };
+        // SAFETY: `len` is non-zero (the callers' contract), so the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { System.alloc_zeroed(layout) });
+        if let Some((address, alignment)) = slot {
+            alignment.store(align, Ordering::Relaxed);
+            address.store(ptr.map_or(0, |p| p.as_ptr().addr()), Ordering::Release);
+        }
+        MAPPED.fetch_add(ptr.map_or(0, |_| len), Ordering::Relaxed);
+        ptr
+    }
+
+    /// The alignment `ptr` was mapped with, forgetting it.
+    fn take_alignment(ptr: NonNull<u8>) -> usize {
+        for (address, alignment) in &OVER_ALIGNED {
+            if address.load(Ordering::Acquire) == ptr.as_ptr().addr() {
+                let align = alignment.load(Ordering::Relaxed);
+                address.store(0, Ordering::Release);
+                return align;
+            }
+        }
+        page_size()
+    }
+
+    /// # Safety
+    /// As for [`super::unmap`], and the range is a whole mapping (the interpreter frees only
+    /// whole allocations; the native `map_aligned` is the only caller of partial unmaps, and
+    /// here it maps aligned directly).
+    pub(super) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+        let align = take_alignment(ptr);
+        // SAFETY: the caller hands over a whole mapping made by `map` with this length and,
+        // as looked up, this alignment.
+        unsafe { System.dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(len, align)) };
+        MAPPED.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// `MADV_DONTNEED`'s effect on a private anonymous mapping: the range reads as zeros.
+    ///
+    /// # Safety
+    /// As for [`super::release`].
+    pub(super) unsafe fn release(ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the caller guarantees the range is ours, mapped and unused.
+        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        true
+    }
+
+    /// # Safety
+    /// As for [`super::remap`]; the mapping is page-aligned (the only kind the crate remaps).
+    pub(super) unsafe fn remap(
+        ptr: NonNull<u8>,
+        old_len: usize,
+        new_len: usize,
+    ) -> Option<NonNull<u8>> {
+        let page = page_size();
+        // SAFETY: the caller owns the whole mapping, made by `map` with `old_len` and page
+        // alignment; `new_len` is non-zero.
+        let new =
+            NonNull::new(unsafe { System.realloc(ptr.as_ptr(), layout(old_len, page)?, new_len) })?;
+        if new_len > old_len {
+            // SAFETY: `[old_len, new_len)` is inside the new allocation; a grown mapping's
+            // new pages read as zeros.
+            unsafe { new.as_ptr().add(old_len).write_bytes(0, new_len - old_len) };
+            MAPPED.fetch_add(new_len - old_len, Ordering::Relaxed);
+        } else {
+            MAPPED.fetch_sub(old_len - new_len, Ordering::Relaxed);
+        }
+        Some(new)
+    }
 }
 
 #[cfg(all(test, not(miri)))]

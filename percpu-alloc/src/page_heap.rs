@@ -26,20 +26,23 @@ use crate::spin::SpinLock;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-const ARENA_BYTES: usize = 64 << 20;
+/// Miri interprets every byte it is given: a smaller arena there (still above the largest
+/// span) keeps the interpreted tests' memory small.
+const ARENA_BYTES: usize = if cfg!(miri) { 4 << 20 } else { 64 << 20 };
 /// Free spans are kept by size in whole [`SPAN_ALIGN`] units, up to this many units (2 MiB,
 /// the largest span a size class uses); longer free ranges are kept in pieces of this size.
 const FREE_BUCKETS: usize = 32;
 
-/// A stack of free span addresses, in memory mapped for it (never the global allocator).
+/// A stack of free spans, in memory mapped for it (never the global allocator). Spans are
+/// kept as pointers, not addresses, so each keeps its arena's provenance.
 struct FreeStack {
-    items: *mut usize,
+    items: *mut *mut u8,
     len: usize,
     capacity: usize,
 }
 
 impl FreeStack {
-    fn pop(&mut self) -> Option<usize> {
+    fn pop(&mut self) -> Option<*mut u8> {
         if self.len == 0 {
             return None;
         }
@@ -49,7 +52,7 @@ impl FreeStack {
     }
 
     /// `false` when the stack is full and cannot grow (out of memory).
-    fn push(&mut self, span: usize) -> bool {
+    fn push(&mut self, span: *mut u8) -> bool {
         if self.len == self.capacity && !self.grow() {
             return false;
         }
@@ -60,7 +63,7 @@ impl FreeStack {
     }
 
     fn grow(&mut self) -> bool {
-        let word = core::mem::size_of::<usize>();
+        let word = core::mem::size_of::<*mut u8>();
         let old_bytes = self.capacity * word;
         let new_bytes = (old_bytes * 2).max(os::page_size());
         let grown = match NonNull::new(self.items.cast::<u8>()) {
@@ -81,9 +84,9 @@ impl FreeStack {
 }
 
 struct Heap {
-    /// The bump range of the newest arena.
-    next: usize,
-    end: usize,
+    /// The bump range of the newest arena: `[next, next + left)`.
+    next: *mut u8,
+    left: usize,
     /// `free[i]` holds free spans of `(i + 1) * SPAN_ALIGN` bytes.
     free: [FreeStack; FREE_BUCKETS],
 }
@@ -92,8 +95,8 @@ struct Heap {
 unsafe impl Send for Heap {}
 
 static HEAP: SpinLock<Heap> = SpinLock::new(Heap {
-    next: 0,
-    end: 0,
+    next: core::ptr::null_mut(),
+    left: 0,
     free: [const {
         FreeStack {
             items: core::ptr::null_mut(),
@@ -142,25 +145,26 @@ impl Heap {
     /// Put the free range `[start, start + bytes)` (whole [`SPAN_ALIGN`] units) on the free
     /// lists, in pieces of at most the largest bucket. A piece that cannot be recorded (no
     /// memory for the list) is dropped: address space lost, no memory.
-    fn put_free(&mut self, mut start: usize, mut bytes: usize) {
+    fn put_free(&mut self, mut start: *mut u8, mut bytes: usize) {
         while bytes >= SPAN_ALIGN {
             let piece = bytes.min(FREE_BUCKETS * SPAN_ALIGN);
             if self.free[piece / SPAN_ALIGN - 1].push(start) {
                 FREE_BYTES.fetch_add(piece, Ordering::Relaxed);
             }
-            start += piece;
+            // Wrapping: after the last piece `start` may point one past the arena.
+            start = start.wrapping_add(piece);
             bytes -= piece;
         }
     }
 
     /// A free span of `bytes`: one of that size, else the smallest larger one, split.
-    fn take_free(&mut self, bytes: usize) -> Option<usize> {
+    fn take_free(&mut self, bytes: usize) -> Option<*mut u8> {
         let units = bytes / SPAN_ALIGN;
         for bucket in units - 1..FREE_BUCKETS {
             if let Some(start) = self.free[bucket].pop() {
                 let have = (bucket + 1) * SPAN_ALIGN;
                 FREE_BYTES.fetch_sub(have, Ordering::Relaxed);
-                self.put_free(start + bytes, have - bytes);
+                self.put_free(start.wrapping_add(bytes), have - bytes);
                 return Some(start);
             }
         }
@@ -178,22 +182,23 @@ pub(crate) fn new_span(bytes: usize, class: usize) -> Option<NonNull<u8>> {
         match heap.take_free(bytes) {
             Some(start) => start,
             None => {
-                if heap.end - heap.next < bytes {
+                if heap.left < bytes {
                     let fresh = os::map_aligned(ARENA_BYTES, SPAN_ALIGN)?;
                     // The rest of the old arena (never touched, so never resident) joins
                     // the free lists.
-                    let (next, end) = (heap.next, heap.end);
-                    heap.put_free(next, end - next);
-                    heap.next = fresh.as_ptr() as usize;
-                    heap.end = heap.next + ARENA_BYTES;
+                    let (next, left) = (heap.next, heap.left);
+                    heap.put_free(next, left);
+                    heap.next = fresh.as_ptr();
+                    heap.left = ARENA_BYTES;
                 }
                 let start = heap.next;
-                heap.next += bytes;
+                heap.next = start.wrapping_add(bytes);
+                heap.left -= bytes;
                 start
             }
         }
     };
-    let span = NonNull::new(start as *mut u8)?;
+    let span = NonNull::new(start)?;
     if !pagemap::set_range(span, bytes, Entry::Small(class)) {
         // The span is lost to the heap, but nothing refers to it.
         return None;
@@ -214,7 +219,7 @@ pub(crate) unsafe fn release_span(span: NonNull<u8>, bytes: usize) -> usize {
     pagemap::set_range(span, bytes, Entry::None);
     // SAFETY: the caller hands over the whole span, unused.
     let released = unsafe { os::release(span, bytes) };
-    HEAP.lock().put_free(span.as_ptr() as usize, bytes);
+    HEAP.lock().put_free(span.as_ptr(), bytes);
     if released {
         RELEASED_BYTES.fetch_add(bytes, Ordering::Relaxed);
         bytes

@@ -11,6 +11,7 @@
 //! (they are freed by their start address).
 
 use crate::os;
+use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -28,8 +29,31 @@ struct Leaf {
     entries: [AtomicUsize; LEAF_LEN],
 }
 
-static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; 1 << ROOT_BITS];
+const ROOT_LEN: usize = 1 << ROOT_BITS;
+
+/// The root: a pointer per leaf, each used only through the atomic [`Root::slot`] makes of
+/// it. One `UnsafeCell` around the whole array, rather than an array of `AtomicPtr`s, so
+/// that a reference to the static is a single interior-mutable range: Miri retags that
+/// reference on every access, and walking a quarter-million atomics each time made the
+/// interpreted tests crawl. The machine code is the same.
+struct Root(UnsafeCell<[*mut Leaf; ROOT_LEN]>);
+
+// SAFETY: the array is only ever read and written through the atomics `slot` hands out.
+unsafe impl Sync for Root {}
+
+impl Root {
+    #[inline]
+    fn slot(&self, index: usize) -> &AtomicPtr<Leaf> {
+        // Masking keeps any index in bounds; `split` already yields only these.
+        let index = index & (ROOT_LEN - 1);
+        // SAFETY: `index` is in bounds of the static array, which lives for the whole
+        // program; `*mut Leaf` has `AtomicPtr<Leaf>`'s size and alignment; and every access
+        // to the array is atomic, through views made here, so none races a non-atomic one.
+        unsafe { AtomicPtr::from_ptr(self.0.get().cast::<*mut Leaf>().add(index)) }
+    }
+}
+
+static ROOT: Root = Root(UnsafeCell::new([core::ptr::null_mut(); ROOT_LEN]));
 
 /// What an address belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +104,7 @@ pub(crate) fn get(addr: usize) -> Entry {
     let Some((root, leaf)) = split(addr) else {
         return Entry::None;
     };
-    let node = ROOT[root].load(Ordering::Acquire);
+    let node = ROOT.slot(root).load(Ordering::Acquire);
     if node.is_null() {
         return Entry::None;
     }
@@ -89,12 +113,31 @@ pub(crate) fn get(addr: usize) -> Entry {
     Entry::decode(unsafe { (*node).entries[leaf].load(Ordering::Acquire) })
 }
 
-fn leaf_for(root: usize) -> Option<&'static Leaf> {
-    let mut node = ROOT[root].load(Ordering::Acquire);
+/// Whether `addr` lies in a span of size class `class`: [`get`] answering
+/// `Entry::Small(class)`, without decoding the other kinds.
+#[inline]
+pub(crate) fn is_small_of(addr: usize, class: usize) -> bool {
+    let Some((root, leaf)) = split(addr) else {
+        return false;
+    };
+    let node = ROOT.slot(root).load(Ordering::Acquire);
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: as in `get`.
+    let bits = unsafe { (*node).entries[leaf].load(Ordering::Acquire) };
+    bits & ((CLASS_MASK << 1) | 1) == Entry::Small(class).encode()
+}
+
+/// The leaf under root slot `root`, mapped on first use. A raw pointer, never a reference
+/// to the whole leaf: entries are reached one at a time ([`leaf_entry`]), so that nothing
+/// retags the leaf's quarter-million atomics on every access (Miri would).
+fn leaf_for(root: usize) -> Option<NonNull<Leaf>> {
+    let mut node = ROOT.slot(root).load(Ordering::Acquire);
     if node.is_null() {
         let len = core::mem::size_of::<Leaf>().next_multiple_of(os::page_size());
         let fresh = os::map(len)?.cast::<Leaf>();
-        match ROOT[root].compare_exchange(
+        match ROOT.slot(root).compare_exchange(
             core::ptr::null_mut(),
             fresh.as_ptr(),
             Ordering::AcqRel,
@@ -108,16 +151,22 @@ fn leaf_for(root: usize) -> Option<&'static Leaf> {
             }
         }
     }
-    // SAFETY: `node` is a published leaf (zeroed mmap memory is a valid array of atomics),
-    // never freed, so a shared `'static` reference is sound.
-    Some(unsafe { &*node })
+    NonNull::new(node)
+}
+
+/// Entry `index` of `leaf`.
+fn leaf_entry(leaf: NonNull<Leaf>, index: usize) -> &'static AtomicUsize {
+    // SAFETY: `leaf` is a published leaf (zeroed mmap memory is a valid array of atomics),
+    // never freed, so a shared `'static` reference to one of its entries is sound; the
+    // index is bounds-checked.
+    unsafe { &(*leaf.as_ptr()).entries[index] }
 }
 
 /// Record `entry` for every granule of `[start, start + len)`. `false` (nothing changed
 /// beyond possibly mapped leaves) when a leaf cannot be mapped or the range is outside
 /// the 48-bit space.
 pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
-    let first = start.as_ptr() as usize;
+    let first = start.as_ptr().addr();
     let Some(last) = first.checked_add(len.max(1) - 1) else {
         return false;
     };
@@ -144,7 +193,7 @@ pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
             _ => bits,
         };
         if let Some(leaf) = leaf_for(granule >> LEAF_BITS) {
-            leaf.entries[granule & (LEAF_LEN - 1)].store(bits, Ordering::Release);
+            leaf_entry(leaf, granule & (LEAF_LEN - 1)).store(bits, Ordering::Release);
         }
         granule += 1;
     }
@@ -154,7 +203,7 @@ pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
 /// The start of the small-object span holding `addr`, or `None` when `addr` is in none.
 pub(crate) fn span_start(addr: usize) -> Option<usize> {
     let (root, leaf) = split(addr)?;
-    let node = ROOT[root].load(Ordering::Acquire);
+    let node = ROOT.slot(root).load(Ordering::Acquire);
     if node.is_null() {
         return None;
     }
@@ -172,7 +221,7 @@ pub(crate) fn set(start: NonNull<u8>, entry: Entry) -> bool {
     set_range(start, 1, entry)
 }
 
-#[cfg(all(test, not(miri)))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -216,7 +265,7 @@ mod tests {
     #[test]
     fn addresses_beyond_48_bits_are_refused() {
         assert_eq!(get(1 << 50), Entry::None);
-        let high = NonNull::new((1usize << 50) as *mut u8).unwrap();
+        let high = NonNull::new(core::ptr::without_provenance_mut(1 << 50)).unwrap();
         assert!(!set(high, Entry::Small(1)));
     }
 }

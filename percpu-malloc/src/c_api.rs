@@ -90,13 +90,13 @@ fn allocate_or_enomem(size: usize, align: usize, zeroed: bool) -> *mut c_void {
 /// percpu-alloc: its usable size (from the pagemap) at the minimum alignment. `None` for
 /// pointers the allocator did not hand out.
 ///
-/// percpu-alloc finds a block's class or mapping in its pagemap by address and ignores the
-/// layout apart from debug assertions that the size is at most the usable size (crate docs:
-/// "the pagemap ... maps each granule to its size class or mapped length, so `dealloc`
-/// needs no size"); its `realloc` uses the alignment only for the new block, which C asks
-/// to be aligned for `max_align_t` alone. Passing this layout instead of the original one
-/// is therefore sound for this allocator, although `GlobalAlloc`'s general contract asks
-/// for the very layout used to allocate.
+/// percpu-alloc's `realloc` finds a block's class or mapping in its pagemap by address,
+/// copies at most the old layout's size (here the usable size, all of which is the
+/// block's) and uses the alignment only for the new block, which C asks to be aligned for
+/// `max_align_t` alone; when the block moves it frees the old one by its pagemap entry.
+/// Passing this layout instead of the original one is therefore sound for this allocator,
+/// although `GlobalAlloc`'s general contract asks for the very layout used to allocate.
+/// (`free` needs no layout: [`PerCpuAlloc::free`].)
 #[inline]
 fn block_layout(p: *mut c_void) -> Option<Layout> {
     let size = PerCpuAlloc::usable_size(p.cast_const().cast())?;
@@ -121,13 +121,10 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    let Some(layout) = block_layout(ptr) else {
-        return;
-    };
     keeping_errno(|| {
-        // SAFETY: the pagemap knows `ptr`, so (by the caller's contract) it is a live block
-        // from this heap; `layout` is accepted for it, see `block_layout`.
-        unsafe { HEAP.dealloc(ptr.cast(), layout) }
+        // SAFETY: by the caller's contract `ptr` is a live block from this heap, or memory
+        // it never handed out, which `free` leaves alone.
+        unsafe { PerCpuAlloc::free(ptr.cast()) }
     });
 }
 
