@@ -16,7 +16,6 @@
 //! per-CPU rows; one with rseq never allocates stripes unless a thread runs without a CPU.
 
 use crate::rows::{LazyRows, WORDS_PER_LINE};
-use crate::stripe;
 use rseq_sys::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rseq_sys::{Backend, Outcome, SlotArray};
 
@@ -126,9 +125,9 @@ impl<B: Backend> Bank<B> {
         }
         let stripes = self
             .stripes
-            .get_or_init(|| stripe::stripe_count(self.backend.slot_count()));
+            .get_or_init(|| rseq_sys::stripe::count(self.backend.slot_count()));
         stripes
-            .word(stripe::current(stripes.rows()), column)
+            .word(rseq_sys::stripe::current(stripes.rows()), column)
             .fetch_add(value, Ordering::Relaxed);
     }
 

@@ -89,7 +89,6 @@ mod local;
 mod metrics;
 mod rows;
 mod set;
-mod stripe;
 
 pub use arena::{ArenaCounter, PerCpuArena};
 pub use counter::PerCpuCounter;

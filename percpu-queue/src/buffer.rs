@@ -28,12 +28,14 @@ struct CpuStack {
 /// A bounded per-CPU LIFO buffer of `Box<T>`.
 ///
 /// Each CPU has room for `capacity` items; [`push`](PerCpuBuffer::push) hands the item back
-/// when the current CPU's stack is full. A thread without a CPU uses a shared fallback
-/// stack of the same capacity. [`pop`](PerCpuBuffer::pop) takes this CPU's newest item, else
-/// the fallback's, else steals from another CPU (protocol below).
+/// when the current CPU's stack is full. A thread without a CPU uses its fallback stripe,
+/// a mutex-protected stack of the same capacity. [`pop`](PerCpuBuffer::pop) takes this
+/// CPU's newest item, else the fallback's (the thread's stripe first), else steals from
+/// another CPU (protocol below).
 ///
-/// Order: LIFO per CPU; no global order. Memory: `capacity` words per CPU plus the fallback's,
-/// allocated up front.
+/// Order: LIFO per CPU; no global order. Memory: `capacity` words per CPU, allocated up
+/// front, plus up to `capacity` words per fallback stripe (one stripe per CPU, rounded up to
+/// a power of two), allocated only when a thread without a CPU pushes.
 ///
 /// # Steal protocol (membarrier fence)
 ///
@@ -140,7 +142,7 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
         PerCpuBuffer {
             cpus,
             storage,
-            fallback: FallbackWords::with_capacity(capacity),
+            fallback: FallbackWords::new(cpu_count, capacity),
             fences: FenceSupport::new(),
             capacity,
             backend,
@@ -341,7 +343,8 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
     }
 
     /// Every item, from every CPU and the fallback, each exactly once; the buffer is left
-    /// empty. Per CPU newest first, CPUs in index order, then the fallback newest first.
+    /// empty. Per CPU newest first, CPUs in index order, then the fallback's stripes, each
+    /// newest first.
     ///
     /// `&mut self` proves no critical section runs on these stacks (they only run inside
     /// `&self` methods), so the stacks are read and reset directly.
@@ -361,7 +364,7 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
                 words.extend(NonNull::new(word));
             }
         }
-        words.extend(self.fallback.take_all().into_iter().rev());
+        words.extend(self.fallback.take_all());
         words
             .into_iter()
             // SAFETY: every stored word is a Box<T> leaked by `push`; the stacks and the

@@ -58,11 +58,11 @@ impl<T: core::fmt::Debug> core::fmt::Debug for Node<T> {
 /// A per-CPU LIFO freelist of boxed [`Node`]s.
 ///
 /// - [`push`](FreeList::push) puts a node on the current CPU's list (one rseq critical
-///   section), or on the shared fallback list when the thread has no CPU.
+///   section), or on the thread's fallback stripe when the thread has no CPU.
 /// - [`pop`](FreeList::pop) takes the current CPU's newest node (one critical section, free
 ///   of ABA: it commits only if still on the same CPU with the head unchanged), else the
-///   fallback list's newest, else steals a batch from another CPU (the protocol is in
-///   [`IntrusiveList`]'s docs).
+///   fallback's newest (the thread's stripe first), else steals a batch from another CPU
+///   (the protocol is in [`IntrusiveList`]'s docs).
 /// - [`drain`](FreeList::drain) returns every node exactly once, from every CPU and the
 ///   fallback; dropping the list frees every node still listed.
 ///
@@ -170,7 +170,7 @@ impl<T, B: Backend> FreeList<T, B> {
     }
 
     /// Every node, from every CPU and the fallback, each exactly once; the list is left
-    /// empty. Per CPU newest first, CPUs in index order, then the fallback.
+    /// empty. Per CPU newest first, CPUs in index order, then the fallback's stripes.
     pub fn drain(&mut self) -> Vec<Box<Node<T>>> {
         self.list
             .drain()

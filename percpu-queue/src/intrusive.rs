@@ -99,7 +99,7 @@ impl<B: Backend> IntrusiveList<B> {
             .collect();
         IntrusiveList {
             cpus,
-            fallback: FallbackList::new(),
+            fallback: FallbackList::new(backend.slot_count()),
             fences: FenceSupport::new(),
             next_offset,
             backend,
@@ -292,7 +292,7 @@ impl<B: Backend> IntrusiveList<B> {
             .cpus
             .iter()
             .map(|cpu| cpu.head.swap(std::ptr::null_mut(), Ordering::Acquire))
-            .chain(std::iter::once(self.fallback.take_chain()))
+            .chain(self.fallback.take_chains())
             .collect();
         for chain in chains {
             debug_assert!(!locked(chain), "no thief can be at work under &mut");

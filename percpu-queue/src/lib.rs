@@ -7,7 +7,7 @@
 //! from [`rseq_sys`] on the current CPU's slot.
 //!
 //! - [`FreeList<T>`]: a per-CPU intrusive LIFO list of boxed [`Node`]s. A pop on an empty
-//!   list tries the shared fallback list, then steals a batch from another CPU.
+//!   list tries the fallback lists, then steals a batch from another CPU.
 //! - [`PerCpuBuffer<T>`]: a bounded array stack of `Box<T>` per CPU (capacity per CPU
 //!   configurable); `push` hands the item back when the CPU's stack is full.
 //! - [`Pool<T>`]: an object pool on the freelist; [`Pool::get`] returns a guard that gives
@@ -24,11 +24,12 @@
 //! A per-CPU list head or stack is written only by a committed critical section running on
 //! that CPU, by the one thief that has stopped it (lock bit or narrowed bounds) and fenced
 //! every CPU with `membarrier`, or under `&mut self` (drain, drop), when no section can run.
-//! A thread without a CPU never touches per-CPU slots: it uses a mutex-protected fallback
-//! that every consumer also checks. Every element is owned by exactly one place at a time
-//! (one CPU's list, the fallback, a thief in transit, or the caller), so each element pushed
-//! is popped or drained exactly once, and the safe API (boxes in, boxes out, guards
-//! borrowing the pool) leaves no way to use an element after it is freed. Elements handed
+//! A thread without a CPU never touches per-CPU slots: it uses a mutex-protected fallback,
+//! striped by thread ([`rseq_sys::stripe`]), that every consumer also checks. Every element
+//! is owned by exactly one place at a time (one CPU's list, the fallback, a thief in
+//! transit, or the caller), so each element pushed is popped or drained exactly once, and
+//! the safe API (boxes in, boxes out, guards borrowing the pool) leaves no way to use an
+//! element after it is freed. Elements handed
 //! from one CPU to another are published with release and acquired with acquire.
 //!
 //! # Ordering
@@ -94,9 +95,10 @@
 //!
 //! When rseq is unavailable (old kernel, seccomp, `PERCPU_NO_RSEQ=1`, valgrind, other
 //! platforms, Miri, loom) every per-CPU operation reports no CPU, and every structure runs on
-//! its fallback: a mutex-protected LIFO (intrusive for the freelist, bounded for the buffer).
-//! Everything stays correct, only slower and shared. When rseq works but `membarrier`'s rseq
-//! commands do not (Linux before 5.10 lacks them), stealing is off: an element on another
+//! its fallback: mutex-protected LIFOs (intrusive for the freelist, bounded for the buffer),
+//! one stripe per CPU, each thread using its own first. Everything stays correct, only
+//! slower, and no longer local to a CPU. When rseq works but `membarrier`'s rseq commands
+//! do not (Linux before 5.10 lacks them), stealing is off: an element on another
 //! CPU's list waits there for a thread on that CPU, or for a drain.
 
 mod buffer;

@@ -49,8 +49,20 @@ fn check(list: Arc<List>, mut got: Vec<u32>, expected: &[u32]) {
 /// Threads without a CPU share the mutex-protected fallback with a thread on a CPU.
 #[test]
 fn fallback_hands_each_node_out_once() {
-    loom::model(|| {
-        let list = list(1);
+    fallback_hands_out_once_with(1);
+}
+
+/// As above with two CPUs, and so two fallback stripes (loom threads are dealt stripes by
+/// a hash of their number; the unit tests in `fallback.rs` check that a pop reaches every
+/// stripe).
+#[test]
+fn fallback_stripes_hand_each_node_out_once() {
+    fallback_hands_out_once_with(2);
+}
+
+fn fallback_hands_out_once_with(cpus: usize) {
+    loom::model(move || {
+        let list = list(cpus);
         let handles: Vec<_> = [None, None, Some(0)]
             .into_iter()
             .enumerate()

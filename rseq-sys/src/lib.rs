@@ -84,6 +84,7 @@ mod ops;
 mod os;
 mod simulate;
 mod status;
+pub mod stripe;
 pub mod sync;
 #[cfg(all(feature = "testing", target_os = "linux"))]
 pub mod testing;

@@ -1,20 +1,25 @@
-//! Which fallback stripe the current thread writes.
+//! Fallback stripes: where a thread without a CPU works.
 //!
-//! Without a CPU (no rseq, or a thread between registrations), increments go to atomic
-//! *stripes*: a few extra rows, separate from the per-CPU rows, updated with `fetch_add`.
-//! Each thread is dealt a stripe round-robin on first use and keeps it, so threads spread
-//! over the stripes and a thread's increments stay on one line (the fast-counter /
-//! contatori design).
+//! A structure whose per-CPU operation reports [`Outcome::NoCpu`](crate::Outcome::NoCpu)
+//! (no rseq, or a thread between registrations) must not touch a per-CPU slot (DESIGN.md
+//! invariant 1), so it keeps separate fallback storage. One shared copy of that storage
+//! would make every thread without rseq fight for one cache line or lock; instead the
+//! structure keeps [`count`] *stripes* (one per CPU, rounded up to a power of two) and each
+//! thread uses [`current`]: dealt round-robin on the thread's first use and kept, so threads
+//! spread over the stripes and one thread's work stays on one line (the fast-counter /
+//! contatori design). Consumers that must see everything (sums, pops, drains) look at every
+//! stripe.
 
-/// How many stripes a block with `cpus` per-CPU rows gets: one per CPU (rounded up to a power
-/// of two so picking one is a mask), at least 1, at most 64.
-pub(crate) fn stripe_count(cpus: usize) -> usize {
+/// How many stripes a structure with `cpus` per-CPU slots keeps: one per CPU (rounded up to
+/// a power of two so picking one is a mask), at least 1, at most 64.
+pub fn count(cpus: usize) -> usize {
     cpus.clamp(1, 64).next_power_of_two()
 }
 
-/// This thread's stripe among `stripes` (a power of two).
+/// This thread's stripe among `stripes` (a power of two, as [`count`] returns). During
+/// thread teardown, once the thread's ticket is gone, stripe 0: as correct as any.
 #[inline]
-pub(crate) fn current(stripes: usize) -> usize {
+pub fn current(stripes: usize) -> usize {
     debug_assert!(stripes.is_power_of_two());
     thread_ticket() & (stripes - 1)
 }
@@ -43,12 +48,14 @@ fn thread_ticket() -> usize {
 }
 
 /// Under loom the ticket must be the same in every explored execution (a process-wide
-/// counter would not be), so it is the loom thread's id, hashed with fixed keys.
+/// counter would not be, nor is loom's `ThreadId` hash, which includes the execution), so
+/// it is the thread's number within the execution (what its `Debug` prints), hashed with
+/// fixed keys.
 #[cfg(loom)]
 fn thread_ticket() -> usize {
     use core::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    loom::thread::current().id().hash(&mut hasher);
+    format!("{:?}", loom::thread::current().id()).hash(&mut hasher);
     hasher.finish() as usize
 }
 
@@ -58,11 +65,11 @@ mod tests {
 
     #[test]
     fn counts_are_powers_of_two_within_bounds() {
-        assert_eq!(stripe_count(0), 1);
-        assert_eq!(stripe_count(1), 1);
-        assert_eq!(stripe_count(2), 2);
-        assert_eq!(stripe_count(3), 4);
-        assert_eq!(stripe_count(1000), 64);
+        assert_eq!(count(0), 1);
+        assert_eq!(count(1), 1);
+        assert_eq!(count(2), 2);
+        assert_eq!(count(3), 4);
+        assert_eq!(count(1000), 64);
     }
 
     #[cfg(not(loom))]
