@@ -171,35 +171,26 @@ fn add(c: &mut Criterion) {
             .map(|_| CachePadded::new(AtomicU64::new(0)))
             .collect();
         let fallback = CachePadded::new(AtomicU64::new(0));
-        group.bench_with_input(
-            BenchmarkId::new("hand-written C rseq", 1),
-            &1,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    // The C loop runs all `iters` adds itself: one call per thread.
-                    contended(
-                        threads,
-                        1,
-                        |_| (),
-                        |_| {
-                            // SAFETY: `slots` holds `cpus` cache-padded AtomicU64 slots, one
-                            // `size_of::<CachePadded<AtomicU64>>()` apart and live for the
-                            // call; the C code writes them only in rseq critical sections
-                            // and `fallback` only with an atomic add.
-                            unsafe {
-                                c_reference::percpu_c_rseq_add_loop(
-                                    slots.as_ptr() as *mut u64,
-                                    std::mem::size_of::<CachePadded<AtomicU64>>(),
-                                    slots.len(),
-                                    iters,
-                                    fallback.as_ptr(),
-                                );
-                            }
-                        },
-                    )
-                })
-            },
-        );
+        // At every thread count: what the hardware gives any per-CPU add here.
+        for threads in THREAD_COUNTS {
+            group.bench_with_input(
+                BenchmarkId::new("hand-written C rseq", threads),
+                &threads,
+                |b, &threads| {
+                    b.iter_custom(|iters| {
+                        // The C loop runs all `iters` adds itself: one call per thread.
+                        contended(
+                            threads,
+                            1,
+                            |_| (),
+                            |_| {
+                                c_reference::add_loop(&slots, iters, &fallback);
+                            },
+                        )
+                    })
+                },
+            );
+        }
     }
     group.finish();
 }

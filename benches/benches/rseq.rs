@@ -166,21 +166,7 @@ fn add(c: &mut Criterion) {
                             1,
                             |_| (),
                             |_| {
-                                let base = c_slots.slots.as_ptr() as *mut u64;
-                                let stride = std::mem::size_of::<CachePadded<AtomicU64>>();
-                                // SAFETY: `base` points at `len` cache-padded AtomicU64 slots
-                                // `stride` bytes apart, live for the call; the C code touches
-                                // them only through rseq critical sections and the fallback
-                                // only with an atomic add.
-                                unsafe {
-                                    c_reference::percpu_c_rseq_add_loop(
-                                        base,
-                                        stride,
-                                        c_slots.slots.len(),
-                                        iters,
-                                        c_slots.fallback.as_ptr(),
-                                    );
-                                }
+                                c_reference::add_loop(&c_slots.slots, iters, &c_slots.fallback);
                             },
                         )
                     })

@@ -6,6 +6,7 @@ pub mod allocators;
 pub mod counters;
 pub mod queues;
 pub mod report;
+pub mod workloads;
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -74,6 +75,28 @@ where
 /// x86_64 Linux: the reference the rseq and counter suites measure against.
 #[cfg(c_reference)]
 pub mod c_reference {
+    use crossbeam_utils::CachePadded;
+    use std::sync::atomic::AtomicU64;
+
+    /// Run the C loop on the calling thread: add 1 `count` times to its CPU's slot of
+    /// `slots` (one per possible CPU), or to `fallback` without a CPU. Returns how many adds
+    /// fell back.
+    pub fn add_loop(slots: &[CachePadded<AtomicU64>], count: u64, fallback: &AtomicU64) -> u64 {
+        // SAFETY: `slots` is a live slice of cache-padded AtomicU64 slots, one
+        // `size_of::<CachePadded<AtomicU64>>()` apart and borrowed for the call; the C code
+        // writes a slot only in an rseq critical section on that slot's CPU (the per-CPU
+        // invariant, as the Rust sections keep it) and `fallback` only with an atomic add.
+        unsafe {
+            percpu_c_rseq_add_loop(
+                slots.as_ptr() as *mut u64,
+                size_of::<CachePadded<AtomicU64>>(),
+                slots.len(),
+                count,
+                fallback.as_ptr(),
+            )
+        }
+    }
+
     extern "C" {
         /// Add 1 to this CPU's slot `count` times, with the thread's area found once before
         /// the loop; slot `c` is at `slots + c * stride` bytes for `c < len`. Adds without a

@@ -45,7 +45,7 @@
 //! puts ours among the first (the first allocation happens early in a process), and
 //! handlers registered later (which run earlier) are free to allocate.
 
-use crate::{central, front, page_heap, release, transfer};
+use crate::{central, front, page_heap, release, stripe_cache, transfer};
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 const UNREGISTERED: u8 = 0;
@@ -161,6 +161,7 @@ extern "C" fn prepare() {
     }
     // The fixed order (see the module docs).
     release::lock_for_fork();
+    stripe_cache::lock_for_fork();
     transfer::lock_for_fork();
     central::lock_for_fork();
     page_heap::lock_for_fork();
@@ -180,6 +181,7 @@ fn release_all() {
         page_heap::unlock_after_fork();
         central::unlock_after_fork();
         transfer::unlock_after_fork();
+        stripe_cache::unlock_after_fork();
         release::unlock_after_fork();
     }
 }

@@ -17,7 +17,7 @@
 use crate::central;
 use crate::os;
 use crate::size_class::{CLASSES, NUM_CLASSES};
-use crate::transfer;
+use crate::{stripe_cache, transfer};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
@@ -234,12 +234,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
             }
         }
     }
-    let mut one = [core::ptr::null_mut(); 1];
-    if transfer::remove(class, &mut one) == 1 {
-        one[0]
-    } else {
-        core::ptr::null_mut()
-    }
+    stripe_cache::alloc(class)
 }
 
 /// This CPU's stack for `class` ran dry: fetch a batch, keep one, push the rest.
@@ -312,7 +307,7 @@ unsafe fn free_slow(class: usize, object: *mut u8) {
         }
     }
     // SAFETY: forwarded from the caller.
-    unsafe { transfer::insert(class, &[object]) }
+    unsafe { stripe_cache::free(class, object) }
 }
 
 /// This CPU's stack for `class` is full: pop a batch and hand it, with `object`, to the

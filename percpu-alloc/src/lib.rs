@@ -34,7 +34,8 @@
 //! - **Middle** (`transfer`, `central`): per class a transfer cache (a fixed array of
 //!   pointers under a spin lock) that moves batches between CPUs, backed by a central free
 //!   list (objects linked through their first word, plus a bump range over the newest span
-//!   so fresh spans are never touched before use).
+//!   so fresh spans are never touched before use). Threads without a CPU keep a small
+//!   stack per class on their stripe (`stripe_cache`) in front of the transfer cache.
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
 //!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
 //!   size class (small spans) or mapped length (large allocations), so a block can be
@@ -45,36 +46,40 @@
 //!   any power of two up to what the address space allows, 1 GiB included); `realloc` of
 //!   such blocks uses `mremap`. The page size is read at run time.
 //!
-//! Metadata never comes from the global allocator: the pagemap root and the transfer and
-//! central lists are statics, everything else is mmap'd. The spin locks are held only
-//! around code that does not allocate, so an allocation on the same thread (a signal
-//! handler aside: `malloc` is not async-signal-safe either) never finds its own lock held.
-//! There is no thread-local storage of ours at all; rseq-sys's per-thread lookup is
-//! allocation-free and does not use initial-exec TLS.
+//! Metadata never comes from the global allocator: the pagemap root, the transfer and
+//! central lists and the stripe caches are statics, everything else is mmap'd. The spin
+//! locks are held only around code that does not allocate, so an allocation on the same
+//! thread (a signal handler aside: `malloc` is not async-signal-safe either) never finds
+//! its own lock held.
+//! There is no thread-local storage of ours at all; rseq-sys's per-thread lookups (the rseq
+//! area, the stripe ticket) are allocation-free and do not use initial-exec TLS.
 //!
 //! # Invariant
 //!
-//! Every free object is in exactly one place: a CPU's stack, a transfer cache, a central
-//! free list, or an unused bump range. Per-CPU stacks are written only by committed rseq
-//! critical sections on their own slot (headers are set up before the regions are
-//! published); everything else moves objects under a lock.
+//! Every free object is in exactly one place: a CPU's stack, a stripe's stack, a transfer
+//! cache, a central free list, or an unused bump range. Per-CPU stacks are written only by
+//! committed rseq critical sections on their own slot (headers are set up before the
+//! regions are published); everything else moves objects under a lock.
 //!
 //! # Without rseq
 //!
 //! When a thread has no CPU (rseq unavailable: old kernel, seccomp, valgrind,
 //! `PERCPU_NO_RSEQ=1`; early in a thread or while it exits; or before the per-CPU regions
-//! exist) each allocation and free goes straight to the transfer cache and the central list
-//! under their spin locks: correct, slower, and no per-CPU slot is touched. When rseq is
+//! exist) each allocation and free goes to a small stack per size class on the thread's
+//! *stripe* (one per CPU up to 16, dealt to threads round-robin, as
+//! [`rseq_sys::stripe`] describes), under that stack's own spin lock, which batches its
+//! traffic with the transfer cache: correct, slower than a per-CPU cache (a lock per
+//! operation), still spread over threads, and no per-CPU slot is touched. When rseq is
 //! unavailable for the whole process the per-CPU regions are never mapped.
 //!
 //! # Returning memory
 //!
 //! [`release_memory`] gives free memory back to the system: it drains every CPU's cache
-//! (membarrier stop protocol) and the transfer caches into the central lists, and releases
-//! every wholly free span with `madvise(MADV_DONTNEED)`. DONTNEED rather than `MADV_FREE`:
-//! the resident set drops in the call and the pages read as zeros, where FREE only lets
-//! the kernel take them lazily under pressure (RSS stays put until then). Released spans
-//! stay mapped and are reused first. [`set_release_threshold`] (or the
+//! (membarrier stop protocol), the stripe caches and the transfer caches into the central
+//! lists, and releases every wholly free span with `madvise(MADV_DONTNEED)`. DONTNEED
+//! rather than `MADV_FREE`: the resident set drops in the call and the pages read as zeros,
+//! where FREE only lets the kernel take them lazily under pressure (RSS stays put until
+//! then). Released spans stay mapped and are reused first. [`set_release_threshold`] (or the
 //! `PERCPU_ALLOC_RELEASE_BYTES` environment variable, read at first use, e.g. `256m`) makes
 //! the allocation slow paths do the same, without the per-CPU drain, whenever that many
 //! bytes of free objects have built up on the central lists; off by default. Large
@@ -101,6 +106,7 @@ mod pagemap;
 mod release;
 mod size_class;
 mod spin;
+mod stripe_cache;
 mod transfer;
 
 pub use release::{release_memory, release_threshold, set_release_threshold};
@@ -290,6 +296,8 @@ pub struct Stats {
     pub per_cpu_cache_bytes: usize,
     /// Free bytes in the transfer caches.
     pub transfer_cache_bytes: usize,
+    /// Free bytes cached for threads without a CPU (per thread stripe).
+    pub no_cpu_cache_bytes: usize,
     /// Free bytes on the central free lists (not counting never-used parts of spans).
     pub central_bytes: usize,
     /// Bytes of large allocations currently mapped.
@@ -318,11 +326,13 @@ pub fn stats() -> Stats {
         let size = info.size;
         let cached = front::cached(class);
         let transferring = transfer::count(class);
+        let striped = stripe_cache::count(class);
         let (carved, free) = central::counts(class);
         s.per_cpu_cache_bytes += cached * size;
         s.transfer_cache_bytes += transferring * size;
+        s.no_cpu_cache_bytes += striped * size;
         s.central_bytes += free * size;
-        small_in_use += carved.saturating_sub(cached + transferring + free) * size;
+        small_in_use += carved.saturating_sub(cached + transferring + striped + free) * size;
     }
     s.large_bytes = page_heap::large_bytes();
     s.in_use_bytes = small_in_use + s.large_bytes;

@@ -19,7 +19,7 @@
 //! (bounded: about 128 KiB per class per CPU, and 128 objects per class) are not counted.
 
 use crate::spin::SpinLock;
-use crate::{central, fork, front, transfer};
+use crate::{central, fork, front, stripe_cache, transfer};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Serialises releases (explicit and automatic) and the drain of remote per-CPU stacks
@@ -35,10 +35,11 @@ static NEXT_SWEEP: AtomicUsize = AtomicUsize::new(0);
 
 /// Give free memory back to the operating system; returns the bytes released.
 ///
-/// Moves the free objects cached on every CPU and in the transfer caches to the central
-/// lists, then releases every span of small objects that is wholly free with
-/// `madvise(MADV_DONTNEED)` (the process's resident set falls at once; see the crate docs
-/// for why not `MADV_FREE`). The spans stay mapped and are reused by later allocations.
+/// Moves the free objects cached on every CPU, in the stripe caches and in the transfer
+/// caches to the central lists, then releases every span of small objects that is wholly
+/// free with `madvise(MADV_DONTNEED)` (the process's resident set falls at once; see the
+/// crate docs for why not `MADV_FREE`). The spans stay mapped and are reused by later
+/// allocations.
 ///
 /// The per-CPU caches of other CPUs are drained with the membarrier fence protocol; where
 /// the kernel has no `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ` they stay as they are (at
@@ -49,6 +50,7 @@ pub fn release_memory() -> usize {
     let _release = RELEASE.lock();
     front::drain_all();
     for class in 0..crate::size_class::NUM_CLASSES {
+        stripe_cache::drain(class);
         transfer::drain(class);
     }
     let released = sweep();
@@ -149,6 +151,12 @@ pub(crate) fn maybe_release() {
     let Some(_release) = RELEASE.try_lock() else {
         return;
     };
+    // A span comes free only when all its objects are on the central list: the few that
+    // threads without a CPU keep on their stripes would hold theirs back. Cheap to drain
+    // (one short lock per stripe and class), unlike the per-CPU caches (a fence each).
+    for class in 0..crate::size_class::NUM_CLASSES {
+        stripe_cache::drain(class);
+    }
     sweep();
     // What is left is fragmented (spans with objects in use): wait for `threshold` more.
     NEXT_SWEEP.store(

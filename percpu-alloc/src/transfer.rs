@@ -5,7 +5,7 @@
 //! batch here, one that runs dry takes a batch from here, so objects freed on one CPU reach
 //! another without walking the central list's links. When the array is full the batch goes
 //! on to the central list; when it is empty the request goes to the central list. Threads
-//! with no CPU (see the crate docs) allocate and free here directly.
+//! with no CPU (see the crate docs) come here in batches too, from their stripe caches.
 
 use crate::central;
 use crate::fork;

@@ -183,7 +183,7 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
 
     /// Put `item` on the current CPU's stack (or the fallback without a CPU); `Err(item)`
     /// when that stack is full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&self, item: Box<T>) -> Result<(), Box<T>> {
         let word = NonNull::from(Box::leak(item)).cast::<u8>();
         match self.push_word(word) {
@@ -193,7 +193,7 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push_word(&self, word: NonNull<u8>) -> Result<(), NonNull<u8>> {
         loop {
             // SAFETY: each header's `top`, `begin` and `end` point into its own CPU's
@@ -221,7 +221,7 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
 
     /// Take an item: this CPU's newest, else the fallback's, else one stolen from another
     /// CPU. `None` when none of those had one (or, without fences, when only other CPUs do).
-    #[inline]
+    #[inline(always)]
     pub fn pop(&self) -> Option<Box<T>> {
         let word = match self.pop_local_word() {
             Some(word) => word,
@@ -231,7 +231,7 @@ impl<T, B: Backend> PerCpuBuffer<T, B> {
         Some(unsafe { Box::from_raw(word.cast::<T>().as_ptr()) })
     }
 
-    #[inline]
+    #[inline(always)]
     fn pop_local_word(&self) -> Option<NonNull<u8>> {
         loop {
             // SAFETY: as in `push_word`.

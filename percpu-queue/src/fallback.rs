@@ -122,6 +122,8 @@ impl FallbackList {
     /// # Safety
     /// `node` has an `AtomicPtr<u8>` at `next_offset`, is on no list, and is owned by this
     /// list until popped (the intrusive list's contract).
+    // Out of line: the per-CPU fast paths that fall back here are inlined into callers.
+    #[inline(never)]
     pub(crate) unsafe fn push(&self, node: NonNull<u8>, next_offset: usize) {
         let stripe = self.stripes.mine();
         let mut chain = lock(&stripe.chain);
@@ -135,6 +137,8 @@ impl FallbackList {
 
     /// Pop the newest node of the calling thread's stripe, else of the first other stripe
     /// that has one.
+    // Out of line: the per-CPU fast paths that fall back here are inlined into callers.
+    #[inline(never)]
     pub(crate) fn pop(&self, next_offset: usize) -> Option<NonNull<u8>> {
         self.stripes
             .mine_first()
@@ -208,6 +212,8 @@ impl FallbackWords {
     }
 
     /// Push `item` on the calling thread's stripe, or hand it back when that is full.
+    // Out of line: the per-CPU fast paths that fall back here are inlined into callers.
+    #[inline(never)]
     pub(crate) fn push(&self, item: NonNull<u8>) -> Result<(), NonNull<u8>> {
         let stripe = self.stripes.mine();
         let mut words = lock(&stripe.words);
@@ -221,6 +227,8 @@ impl FallbackWords {
 
     /// Pop the newest item of the calling thread's stripe, else of the first other stripe
     /// that has one.
+    // Out of line: the per-CPU fast paths that fall back here are inlined into callers.
+    #[inline(never)]
     pub(crate) fn pop(&self) -> Option<NonNull<u8>> {
         self.stripes.mine_first().find_map(WordStripe::pop)
     }

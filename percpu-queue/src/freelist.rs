@@ -114,7 +114,7 @@ impl<T, B: Backend> FreeList<T, B> {
     }
 
     /// Give `node` to the list, on the current CPU.
-    #[inline]
+    #[inline(always)]
     pub fn push(&self, node: Box<Node<T>>) {
         let node = NonNull::from(Box::leak(node)).cast::<u8>();
         // SAFETY: the node comes from a Box we now own exclusively: live, pointer-aligned,
@@ -132,7 +132,7 @@ impl<T, B: Backend> FreeList<T, B> {
     /// Take a node: this CPU's newest, else the fallback's, else one stolen from another CPU.
     /// `None` when none of those had one (see [`IntrusiveList::pop`] for when elements can
     /// be elsewhere).
-    #[inline]
+    #[inline(always)]
     pub fn pop(&self) -> Option<Box<Node<T>>> {
         // SAFETY: every node on the list was leaked from a `Box<Node<T>>` by `push`, and a pop
         // hands each out once, so rebuilding the Box returns exclusive ownership.
@@ -142,7 +142,7 @@ impl<T, B: Backend> FreeList<T, B> {
     }
 
     /// Take this CPU's newest node only: no fallback, no stealing.
-    #[inline]
+    #[inline(always)]
     pub fn pop_local(&self) -> Option<Box<Node<T>>> {
         // SAFETY: as in `pop`.
         self.list
@@ -151,7 +151,7 @@ impl<T, B: Backend> FreeList<T, B> {
     }
 
     /// This CPU's newest node, else the fallback's: never steals (never fences).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop_nearby(&self) -> Option<Box<Node<T>>> {
         let node = match self.list.pop_local() {
             Some(node) => node,

@@ -132,7 +132,7 @@ impl<B: Backend> IntrusiveList<B> {
     ///   dropped, if it is never popped (the list does not free nodes);
     /// - if the list is shared between threads, whatever the node holds may be handed to
     ///   another thread (the node's contents are `Send`): any thread may pop it.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn push(&self, node: NonNull<u8>) {
         loop {
             // SAFETY: every node on these heads was pushed under this function's contract,
@@ -158,7 +158,7 @@ impl<B: Backend> IntrusiveList<B> {
     /// from another CPU. The caller owns the node returned. `None` when every list this call
     /// could reach was empty; with concurrent steals in progress (elements in transit) or
     /// without fences, elements may exist elsewhere.
-    #[inline]
+    #[inline(always)]
     pub fn pop(&self) -> Option<NonNull<u8>> {
         if let Some(node) = self.pop_local() {
             return Some(node);
@@ -168,7 +168,7 @@ impl<B: Backend> IntrusiveList<B> {
 
     /// Pop from the current CPU's list only; `None` when it is empty or stopped, or without
     /// a CPU.
-    #[inline]
+    #[inline(always)]
     pub fn pop_local(&self) -> Option<NonNull<u8>> {
         loop {
             // SAFETY: every listed node was pushed under `push`'s contract.

@@ -67,7 +67,7 @@ impl<T, B: Backend> Pool<T, B> {
     ///
     /// Creating before stealing keeps steals (each a `membarrier` fence) rare: the pool
     /// grows to its bound first, so every CPU soon has idle objects of its own.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self) -> Pooled<'_, T, B> {
         match self.idle.pop_nearby() {
             Some(node) => self.guard(node, true),
@@ -91,6 +91,7 @@ impl<T, B: Backend> Pool<T, B> {
         self.guard(Box::new(Node::new((self.create)())), reserved)
     }
 
+    #[inline(always)]
     fn guard(&self, node: Box<Node<T>>, kept: bool) -> Pooled<'_, T, B> {
         Pooled {
             pool: self,
@@ -174,7 +175,7 @@ impl<T: core::fmt::Debug, B: Backend> core::fmt::Debug for Pooled<'_, T, B> {
 }
 
 impl<T, B: Backend> Drop for Pooled<'_, T, B> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
             if self.kept {

@@ -47,6 +47,48 @@ fn local_adds() -> Contender<'static> {
     })
 }
 
+/// The hand-written C rseq add (`c/rseq_add.c`): each thread runs all its adds in one call
+/// into C, so no Rust code runs per add. What the hardware gives a per-CPU add here, and so
+/// the bound for every per-CPU design in the table.
+#[cfg(c_reference)]
+fn c_adds() -> Contender<'static> {
+    use crossbeam_utils::CachePadded;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let slots: Vec<CachePadded<AtomicU64>> = (0..rseq_sys::possible_cpus())
+        .map(|_| CachePadded::new(AtomicU64::new(0)))
+        .collect();
+    let fallback = CachePadded::new(AtomicU64::new(0));
+    Contender::new(C_REFERENCE, move |threads, ops| {
+        let total_now = || {
+            slots
+                .iter()
+                .map(|slot| slot.load(Ordering::Relaxed))
+                .sum::<u64>()
+                .wrapping_add(fallback.load(Ordering::Relaxed))
+        };
+        let before = total_now();
+        let wall = run_threads(
+            threads,
+            1,
+            |_| (),
+            |_| {
+                crate::c_reference::add_loop(&slots, ops, &fallback);
+            },
+        );
+        let total = threads as u64 * ops;
+        assert_eq!(
+            total_now().wrapping_sub(before),
+            total,
+            "the C reference lost adds"
+        );
+        Run { wall, ops: total }
+    })
+}
+
+#[cfg(c_reference)]
+const C_REFERENCE: &str = "hand-written C rseq add";
+
 /// The counter table.
 pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
     vec![TableSpec {
@@ -54,17 +96,30 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
         title: "counter: add 1 to one shared counter".into(),
         note: "op = one add; PerCpuCounter per call and through a per-thread \
                PerCpuCounter::local handle, a CachePadded AtomicU64, CachePadded atomic \
-               stripes chosen per thread, a thread_local-crate accumulator; totals checked \
-               exact after every run"
+               stripes chosen per thread, a thread_local-crate accumulator, and (while glibc \
+               owns rseq) the hand-written C rseq add looping in C, the hardware's bound for \
+               a per-CPU add; totals checked exact after every run"
             .into(),
         baseline: BASELINE.into(),
         threads: settings.threads.clone(),
-        contenders: vec![
-            adds("PerCpuCounter", PerCpuCounter::new()),
-            local_adds(),
-            adds(BASELINE, AtomicCounter::new()),
-            adds("CachePadded striped", StripedCounter::new()),
-            adds("thread_local accumulator", ThreadLocalCounter::new()),
-        ],
+        contenders: contenders(),
     }]
+}
+
+fn contenders() -> Vec<Contender<'static>> {
+    #[allow(unused_mut)] // Only the C reference's cfg adds to it.
+    let mut contenders = vec![
+        adds("PerCpuCounter", PerCpuCounter::new()),
+        local_adds(),
+        adds(BASELINE, AtomicCounter::new()),
+        adds("CachePadded striped", StripedCounter::new()),
+        adds("thread_local accumulator", ThreadLocalCounter::new()),
+    ];
+    // The C loop uses glibc's registration; without it (self-registration, no rseq, or
+    // PERCPU_NO_RSEQ, which only this crate reads) it would measure something else.
+    #[cfg(c_reference)]
+    if rseq_sys::owner() == rseq_sys::Owner::Glibc {
+        contenders.push(c_adds());
+    }
+    contenders
 }

@@ -89,7 +89,7 @@ impl Table {
 
 /// `text` broken at spaces into lines of at most `width` characters (longer words stay
 /// whole).
-fn wrap(text: &str, width: usize) -> Vec<String> {
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
     for word in text.split_whitespace() {

@@ -1,0 +1,253 @@
+//! Caches for threads without a CPU: a small stack of free objects per size class per
+//! *stripe*, where a stripe is chosen per thread ([`rseq_sys::stripe`]).
+//!
+//! Threads without a CPU (rseq unavailable, blocked by seccomp, under valgrind, or a thread
+//! starting or exiting) must not touch a per-CPU stack (the crate invariant). Sending each
+//! of their allocations and frees to the class's one transfer cache made them queue on one
+//! lock per class: two threads without rseq paid 11x glibc for a 16-byte pair. Here each
+//! thread works on its stripe's stack, under that stack's own spin lock, and the transfer
+//! cache only sees batches, as it does from the per-CPU caches. Threads spread over the
+//! stripes round-robin, so the lock is almost always uncontended and its line stays in the
+//! thread's core.
+//!
+//! Like the transfer cache, an entry never holds its lock while calling anything else, so
+//! no two locks of this allocator are ever held together from here.
+
+use crate::size_class::{CLASSES, NUM_CLASSES};
+use crate::spin::SpinLock;
+use crate::transfer;
+use crate::{central, fork};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The most stripes kept; with more CPUs, threads share stripes (still this many ways).
+const MAX_STRIPES: usize = 16;
+/// Room for objects in each stripe's stack per class: an entry (lock, length, objects)
+/// fills one 128-byte block, the unit the adjacent-line prefetcher pulls in.
+const CAPACITY: usize = 14;
+
+/// Objects a stripe keeps of `class`: twice the class's batch, so large objects (batches
+/// of one) keep two and a stripe never holds more than a few of a class's spans busy.
+fn limit(class: usize) -> usize {
+    (2 * CLASSES[class].batch).clamp(2, CAPACITY)
+}
+
+struct Stack {
+    len: usize,
+    items: [*mut u8; CAPACITY],
+}
+
+/// One class's stack of one stripe, alone in its 128 bytes so stripes share no line.
+#[repr(align(128))]
+struct Entry(SpinLock<Stack>);
+
+// SAFETY: the pointers are free objects owned by the stack, used only under its lock.
+unsafe impl Send for Stack {}
+
+static STRIPES: [[Entry; NUM_CLASSES]; MAX_STRIPES] = [const {
+    [const {
+        Entry(SpinLock::new(Stack {
+            len: 0,
+            items: [core::ptr::null_mut(); CAPACITY],
+        }))
+    }; NUM_CLASSES]
+}; MAX_STRIPES];
+
+/// The stripes in use (a power of two), or 0 before the first use has counted the CPUs.
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// The calling thread's entry for `class`.
+#[inline]
+fn entry(class: usize) -> &'static SpinLock<Stack> {
+    let mut stripes = IN_USE.load(Ordering::Relaxed);
+    if stripes == 0 {
+        // Racing first uses compute the same value.
+        stripes = rseq_sys::stripe::count(rseq_sys::possible_cpus()).min(MAX_STRIPES);
+        IN_USE.store(stripes, Ordering::Relaxed);
+    }
+    &STRIPES[rseq_sys::stripe::current(stripes)][class].0
+}
+
+/// An object of `class` for a thread without a CPU, or null when out of memory.
+pub(crate) fn alloc(class: usize) -> *mut u8 {
+    // Every path that takes a lock registers the fork handlers first, holding none.
+    fork::ensure_registered();
+    let entry = entry(class);
+    {
+        let mut stack = entry.lock();
+        if stack.len > 0 {
+            stack.len -= 1;
+            return stack.items[stack.len];
+        }
+    }
+    // Half a stack's worth: one to hand out, the rest for the next allocations.
+    let mut batch = [core::ptr::null_mut(); CAPACITY / 2 + 1];
+    let got = transfer::remove(class, &mut batch[..limit(class) / 2 + 1]);
+    if got == 0 {
+        return core::ptr::null_mut();
+    }
+    let rest = &batch[1..got];
+    let kept = {
+        let mut stack = entry.lock();
+        let len = stack.len;
+        let kept = rest.len().min(limit(class).saturating_sub(len));
+        stack.items[len..len + kept].copy_from_slice(&rest[..kept]);
+        stack.len = len + kept;
+        kept
+    };
+    if kept < rest.len() {
+        // Another thread of this stripe filled the stack meanwhile.
+        // SAFETY: these objects are free and on no list since `remove` returned them.
+        unsafe { transfer::insert(class, &rest[kept..]) };
+    }
+    batch[0]
+}
+
+/// Free `object` of `class` for a thread without a CPU.
+///
+/// # Safety
+/// `object` is an object of `class` from this allocator, no longer used, freed once.
+pub(crate) unsafe fn free(class: usize, object: *mut u8) {
+    fork::ensure_registered();
+    let limit = limit(class);
+    let mut overflow = [core::ptr::null_mut(); CAPACITY + 1];
+    let n = {
+        let mut stack = entry(class).lock();
+        let len = stack.len;
+        if len < limit {
+            stack.items[len] = object;
+            stack.len = len + 1;
+            return;
+        }
+        let keep = limit / 2;
+        // Full: the newer half goes on with `object`, in the order freed. Keeping the older
+        // half and passing runs of consecutive frees along keeps objects freed together
+        // together, so whole spans come free for a release sweep (handing on the older half
+        // interleaved the caches' objects with the central list's: tests/release.rs in
+        // fallback mode kept 12-15 MiB more of fragmented spans).
+        overflow[..len - keep].copy_from_slice(&stack.items[keep..len]);
+        stack.len = keep;
+        overflow[len - keep] = object;
+        len - keep + 1
+    };
+    // SAFETY: `object` from the caller; the others were free in this stack and are now
+    // only in `overflow`.
+    unsafe { transfer::insert(class, &overflow[..n]) }
+}
+
+/// Move every object of `class` held here to the central list (before a release sweep,
+/// which can give a span back only when all its objects are there).
+pub(crate) fn drain(class: usize) {
+    for stripe in &STRIPES {
+        let mut items = [core::ptr::null_mut(); CAPACITY];
+        let n = {
+            let mut stack = stripe[class].0.lock();
+            let n = stack.len;
+            items[..n].copy_from_slice(&stack.items[..n]);
+            stack.len = 0;
+            n
+        };
+        if n > 0 {
+            // SAFETY: the objects were free in this stack and are now only in `items`.
+            unsafe { central::insert(class, &items[..n]) };
+        }
+    }
+}
+
+/// Objects of `class` held here (a snapshot).
+pub(crate) fn count(class: usize) -> usize {
+    STRIPES
+        .iter()
+        .map(|stripe| stripe[class].0.lock().len)
+        .sum()
+}
+
+/// Take every entry's lock and keep them, in stripe then class order (the fork `prepare`
+/// handler).
+pub(crate) fn lock_for_fork() {
+    STRIPES
+        .iter()
+        .flatten()
+        .for_each(|entry| entry.0.lock_and_keep());
+}
+
+/// Release the locks taken by [`lock_for_fork`].
+///
+/// # Safety
+/// As for [`SpinLock::unlock_kept`].
+pub(crate) unsafe fn unlock_after_fork() {
+    for entry in STRIPES.iter().flatten().rev() {
+        // SAFETY: forwarded from the caller.
+        unsafe { entry.0.unlock_kept() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_fill_their_own_128_bytes() {
+        assert_eq!(size_of::<Entry>(), 128);
+        assert_eq!(align_of::<Entry>(), 128);
+    }
+
+    /// Objects of `class` out of the central list and in no cache: handed out and not
+    /// freed. Only this test allocates through the stripe caches in the lib's test binary
+    /// (and nothing there uses the per-CPU caches), so this is exact.
+    fn in_use(class: usize) -> usize {
+        let (carved, free) = crate::central::counts(class);
+        carved - free - count(class) - transfer::count(class)
+    }
+
+    #[test]
+    fn objects_come_back_exactly_once_through_stripe_and_transfer_cache() {
+        let class = 5;
+        for round in 0..2 {
+            let mut objects: Vec<*mut u8> = (0..3 * CAPACITY).map(|_| alloc(class)).collect();
+            assert!(
+                objects.iter().all(|p| !p.is_null()),
+                "round {round}: out of memory"
+            );
+            for (i, &object) in objects.iter().enumerate() {
+                // SAFETY: a fresh object of this class, at least 8 bytes.
+                unsafe { object.cast::<u64>().write_unaligned(i as u64) };
+            }
+            assert_eq!(
+                in_use(class),
+                3 * CAPACITY,
+                "round {round}: every object counted"
+            );
+            objects.sort();
+            objects.dedup();
+            assert_eq!(
+                objects.len(),
+                3 * CAPACITY,
+                "round {round}: an object handed out twice"
+            );
+            // Three stacks' worth: most of it overflows to the transfer cache in batches.
+            for &object in &objects {
+                // SAFETY: each object came from `alloc` of this class and is freed once.
+                unsafe { free(class, object) };
+            }
+            assert_eq!(
+                in_use(class),
+                0,
+                "round {round}: a freed object went missing"
+            );
+            assert!(
+                transfer::count(class) > 0,
+                "round {round}: the overflow reached the transfer cache"
+            );
+        }
+        let on_central = crate::central::counts(class).1;
+        let held = count(class);
+        drain(class);
+        assert_eq!(count(class), 0, "a drain leaves no object behind");
+        assert_eq!(
+            crate::central::counts(class).1,
+            on_central + held,
+            "drained to the central list"
+        );
+        assert_eq!(in_use(class), 0, "a drain loses nothing");
+    }
+}
