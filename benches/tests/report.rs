@@ -2,6 +2,9 @@
 //! JSON holds every table and implementation with positive finite figures, and every plot
 //! it names is a non-empty SVG file.
 
+mod common;
+
+use common::positive_finite;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,17 +60,6 @@ const ALLOCATORS: &[&str] = &[
     "mimalloc::MiMalloc",
     "tikv_jemallocator::Jemalloc",
 ];
-
-fn positive_finite(value: &Value, what: &str) -> f64 {
-    let number = value
-        .as_f64()
-        .unwrap_or_else(|| panic!("{what} is not a number: {value}"));
-    assert!(
-        number.is_finite() && number > 0.0,
-        "{what} = {number}, not positive and finite"
-    );
-    number
-}
 
 /// Run the binary in smoke mode with `envs`, writing into a fresh directory; return the
 /// parsed JSON and its stdout.

@@ -2,22 +2,14 @@
 //! each run in its own child process; it exits 0, prints both workloads' tables and the
 //! summary, and its JSON holds positive figures for exactly what was asked.
 
+mod common;
+
+use common::positive_finite;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_percpu-workloads");
-
-fn number(value: &Value, what: &str) -> f64 {
-    let number = value
-        .as_f64()
-        .unwrap_or_else(|| panic!("{what} is not a number: {value}"));
-    assert!(
-        number.is_finite() && number > 0.0,
-        "{what} = {number}, not positive and finite"
-    );
-    number
-}
 
 #[test]
 fn two_workloads_on_two_allocators() {
@@ -66,7 +58,7 @@ fn two_workloads_on_two_allocators() {
         .collect();
     assert_eq!(ids, ["larson", "xmalloc-test"]);
     for workload in workloads {
-        let blocks = number(&workload["blocks_per_run"], "blocks_per_run");
+        let blocks = positive_finite(&workload["blocks_per_run"], "blocks_per_run");
         let allocators = workload["allocators"].as_array().unwrap();
         let names: Vec<&str> = allocators
             .iter()
@@ -74,14 +66,14 @@ fn two_workloads_on_two_allocators() {
             .collect();
         assert_eq!(names, ["percpu_alloc::PerCpuAlloc", "std::alloc::System"]);
         for allocator in allocators {
-            number(&allocator["median_seconds"], "median_seconds");
-            number(&allocator["median_peak_rss_kib"], "median_peak_rss_kib");
-            number(&allocator["time_ratio_to_baseline"], "time ratio");
-            number(&allocator["peak_rss_ratio_to_baseline"], "rss ratio");
+            positive_finite(&allocator["median_seconds"], "median_seconds");
+            positive_finite(&allocator["median_peak_rss_kib"], "median_peak_rss_kib");
+            positive_finite(&allocator["time_ratio_to_baseline"], "time ratio");
+            positive_finite(&allocator["peak_rss_ratio_to_baseline"], "rss ratio");
             let samples = allocator["samples"].as_array().unwrap();
             assert_eq!(samples.len(), 2);
             for sample in samples {
-                assert_eq!(number(&sample["blocks"], "blocks"), blocks);
+                assert_eq!(positive_finite(&sample["blocks"], "blocks"), blocks);
             }
         }
         assert_eq!(allocators[1]["time_ratio_to_baseline"], 1.0);
@@ -89,8 +81,8 @@ fn two_workloads_on_two_allocators() {
     let means = json["geometric_means"].as_array().unwrap();
     assert_eq!(means.len(), 2);
     for mean in means {
-        number(&mean["time_ratio_to_baseline"], "time geometric mean");
-        number(&mean["peak_rss_ratio_to_baseline"], "rss geometric mean");
+        positive_finite(&mean["time_ratio_to_baseline"], "time geometric mean");
+        positive_finite(&mean["peak_rss_ratio_to_baseline"], "rss geometric mean");
     }
 }
 

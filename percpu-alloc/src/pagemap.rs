@@ -98,35 +98,32 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     Some((granule >> LEAF_BITS, granule & (LEAF_LEN - 1)))
 }
 
-/// What `addr` belongs to.
-#[inline]
-pub(crate) fn get(addr: usize) -> Entry {
-    let Some((root, leaf)) = split(addr) else {
-        return Entry::None;
-    };
+/// The raw entry word of the granule holding `addr`; `None` when no leaf covers it (or it
+/// lies beyond the address bits mapped).
+#[inline(always)]
+fn entry_bits(addr: usize) -> Option<usize> {
+    let (root, leaf) = split(addr)?;
     let node = ROOT.slot(root).load(Ordering::Acquire);
     if node.is_null() {
-        return Entry::None;
+        return None;
     }
     // SAFETY: non-null root entries point to leaves that are fully initialised (zeroed by
     // mmap, published with release) and never freed.
-    Entry::decode(unsafe { (*node).entries[leaf].load(Ordering::Acquire) })
+    Some(unsafe { (*node).entries[leaf].load(Ordering::Acquire) })
+}
+
+/// What `addr` belongs to.
+#[inline]
+pub(crate) fn get(addr: usize) -> Entry {
+    entry_bits(addr).map_or(Entry::None, Entry::decode)
 }
 
 /// Whether `addr` lies in a span of size class `class`: [`get`] answering
 /// `Entry::Small(class)`, without decoding the other kinds.
 #[inline]
 pub(crate) fn is_small_of(addr: usize, class: usize) -> bool {
-    let Some((root, leaf)) = split(addr) else {
-        return false;
-    };
-    let node = ROOT.slot(root).load(Ordering::Acquire);
-    if node.is_null() {
-        return false;
-    }
-    // SAFETY: as in `get`.
-    let bits = unsafe { (*node).entries[leaf].load(Ordering::Acquire) };
-    bits & ((CLASS_MASK << 1) | 1) == Entry::Small(class).encode()
+    entry_bits(addr)
+        .is_some_and(|bits| bits & ((CLASS_MASK << 1) | 1) == Entry::Small(class).encode())
 }
 
 /// The leaf under root slot `root`, mapped on first use. A raw pointer, never a reference
@@ -202,13 +199,7 @@ pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
 
 /// The start of the small-object span holding `addr`, or `None` when `addr` is in none.
 pub(crate) fn span_start(addr: usize) -> Option<usize> {
-    let (root, leaf) = split(addr)?;
-    let node = ROOT.slot(root).load(Ordering::Acquire);
-    if node.is_null() {
-        return None;
-    }
-    // SAFETY: as in `get`.
-    let bits = unsafe { (*node).entries[leaf].load(Ordering::Acquire) };
+    let bits = entry_bits(addr)?;
     if bits & 1 == 0 {
         return None;
     }

@@ -5,24 +5,44 @@ use crate::counters::{AtomicCounter, StatCounter, StripedCounter, ThreadLocalCou
 use crate::run_threads;
 use percpu_counter::PerCpuCounter;
 use std::hint::black_box;
+use std::time::Duration;
 
 const BASELINE: &str = "AtomicU64::fetch_add";
 
-/// Each thread adds 1 to one shared counter `ops` times; afterwards the counter must have
-/// grown by exactly every add, or the figure is of something else and the report stops.
+/// Run `adds` (each of `threads` threads adding 1 `ops` times; it returns the wall time) and
+/// check that `total` (the counter's value) grew by exactly every add, or the figure is of
+/// something else and the report stops.
+fn exact_adds(
+    name: &str,
+    threads: usize,
+    ops: u64,
+    total: impl Fn() -> u64,
+    adds: impl FnOnce() -> Duration,
+) -> Run {
+    let before = total();
+    let wall = adds();
+    let expected = threads as u64 * ops;
+    assert_eq!(total().wrapping_sub(before), expected, "{name} lost adds");
+    Run {
+        wall,
+        ops: expected,
+    }
+}
+
+/// Each thread adds 1 to one shared counter `ops` times (checked exact).
 fn adds<C: StatCounter + 'static>(name: &str, counter: C) -> Contender<'static> {
     let name = name.to_string();
     Contender::new(name.clone(), move |threads, ops| {
-        let before = counter.sum();
-        // The 1 is opaque to the optimiser but read once per thread, as a caller's would be.
-        let wall = run_threads(threads, ops, |_| black_box(1), |&mut one| counter.add(one));
-        let total = threads as u64 * ops;
-        assert_eq!(
-            counter.sum().wrapping_sub(before),
-            total,
-            "{name} lost adds"
-        );
-        Run { wall, ops: total }
+        exact_adds(
+            &name,
+            threads,
+            ops,
+            || counter.sum(),
+            || {
+                // The 1 is opaque to the optimiser but read once per thread, as a caller's would.
+                run_threads(threads, ops, |_| black_box(1), |&mut one| counter.add(one))
+            },
+        )
     })
 }
 
@@ -30,20 +50,20 @@ fn adds<C: StatCounter + 'static>(name: &str, counter: C) -> Contender<'static> 
 fn local_adds() -> Contender<'static> {
     let counter = PerCpuCounter::new();
     Contender::new("PerCpuCounter::local", move |threads, ops| {
-        let before = counter.sum_u64();
-        let wall = run_threads(
+        exact_adds(
+            "LocalCounter",
             threads,
             ops,
-            |_| (counter.local(), black_box(1)),
-            |&mut (handle, one)| handle.add(one),
-        );
-        let total = threads as u64 * ops;
-        assert_eq!(
-            counter.sum_u64().wrapping_sub(before),
-            total,
-            "LocalCounter lost adds"
-        );
-        Run { wall, ops: total }
+            || counter.sum_u64(),
+            || {
+                run_threads(
+                    threads,
+                    ops,
+                    |_| (counter.local(), black_box(1)),
+                    |&mut (handle, one)| handle.add(one),
+                )
+            },
+        )
     })
 }
 
@@ -60,29 +80,24 @@ fn c_adds() -> Contender<'static> {
         .collect();
     let fallback = CachePadded::new(AtomicU64::new(0));
     Contender::new(C_REFERENCE, move |threads, ops| {
-        let total_now = || {
+        let total = || {
             slots
                 .iter()
                 .map(|slot| slot.load(Ordering::Relaxed))
                 .sum::<u64>()
                 .wrapping_add(fallback.load(Ordering::Relaxed))
         };
-        let before = total_now();
-        let wall = run_threads(
-            threads,
-            1,
-            |_| (),
-            |_| {
-                crate::c_reference::add_loop(&slots, ops, &fallback);
-            },
-        );
-        let total = threads as u64 * ops;
-        assert_eq!(
-            total_now().wrapping_sub(before),
-            total,
-            "the C reference lost adds"
-        );
-        Run { wall, ops: total }
+        // The C loop makes all `ops` adds itself: one call per thread.
+        exact_adds("the C reference", threads, ops, total, || {
+            run_threads(
+                threads,
+                1,
+                |_| (),
+                |_| {
+                    crate::c_reference::add_loop(&slots, ops, &fallback);
+                },
+            )
+        })
     })
 }
 
