@@ -15,14 +15,17 @@
 //!
 //! 1. the release lock ([`release`](crate::release): held across a whole
 //!    [`release_memory`](crate::release_memory), which takes the locks below);
-//! 2. the transfer caches, class 0 to the last (never nested with each other or held while
+//! 2. each per-CPU slot's resize lock, slot 0 to the last (held by a resize, which takes
+//!    no other lock, and by the drain of a slot's stacks, under the release lock);
+//! 3. the stripe caches, stripe by stripe and class by class (never nested);
+//! 4. the transfer caches, class 0 to the last (never nested with each other or held while
 //!    taking another lock);
-//! 3. the central lists, class 0 to the last (one at a time; a central list asks the page
+//! 5. the central lists, class 0 to the last (one at a time; a central list asks the page
 //!    heap for a span while locked);
-//! 4. the page heap.
+//! 6. the page heap.
 //!
-//! `parent` and `child` release them in reverse. The per-CPU caches need nothing: their
-//! stacks change only in committed rseq critical sections, each atomic on its CPU, so a
+//! `parent` and `child` release them in reverse. The per-CPU stacks need nothing more: they
+//! change only in committed rseq critical sections, each atomic on its CPU, so a
 //! fork never sees one half-done; rseq state is per thread, and the child's only thread
 //! keeps its own. The drain of remote stacks runs under the release lock, so no stack is
 //! left stopped in the child either. One-time set-up the child cannot finish (the per-CPU
@@ -161,6 +164,7 @@ extern "C" fn prepare() {
     }
     // The fixed order (see the module docs).
     release::lock_for_fork();
+    front::lock_for_fork();
     stripe_cache::lock_for_fork();
     transfer::lock_for_fork();
     central::lock_for_fork();
@@ -170,7 +174,7 @@ extern "C" fn prepare() {
 }
 
 /// Undo one `prepare`: release every lock when it was the outermost.
-fn release_all() {
+fn release_all(in_child: bool) {
     if DEPTH.fetch_sub(1, Ordering::Relaxed) != 1 {
         return;
     }
@@ -182,12 +186,13 @@ fn release_all() {
         central::unlock_after_fork();
         transfer::unlock_after_fork();
         stripe_cache::unlock_after_fork();
+        front::unlock_after_fork(in_child);
         release::unlock_after_fork();
     }
 }
 
 extern "C" fn parent() {
-    release_all();
+    release_all(false);
 }
 
 extern "C" fn child() {
@@ -196,5 +201,5 @@ extern "C" fn child() {
     REGISTRANT.store(0, Ordering::Relaxed);
     STATE.store(REGISTERED, Ordering::Release);
     front::after_fork_in_child();
-    release_all();
+    release_all(true);
 }

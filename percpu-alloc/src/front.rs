@@ -6,18 +6,20 @@
 //! pointers. Allocation is one `pop_word` critical section, free one `push_word`: a single
 //! committing store each.
 //!
-//! Slow paths: an empty stack is refilled with a batch from the transfer cache, pushed one
-//! object at a time (the thread may migrate while refilling; each push lands on whichever
-//! CPU it runs on, and what does not fit goes back). A full stack is drained by a batch of
-//! pops, handed to the transfer cache. With no CPU (`Outcome::NoCpu`), or before the regions
-//! exist, both go straight to the transfer cache: no per-CPU slot is touched by a plain
-//! store, ever (DESIGN invariant 1). Headers are written only while the regions are private
+//! Slow paths: a miss (an empty stack on allocation, a full one on free) first grows the
+//! class's capacity on that slot (see [`capacity`]). An empty stack is refilled with a
+//! batch from the transfer cache, pushed one object at a time (the thread may migrate
+//! while refilling; each push lands on whichever CPU it runs on, and what does not fit goes
+//! back). A full stack that cannot grow is drained by a batch of pops, handed to the
+//! transfer cache. Each miss also gives the release clock a chance to tick. With no CPU
+//! (`Outcome::NoCpu`), or before the regions exist, both go to the thread's stripe cache
+//! and from there to the transfer cache: no per-CPU slot is touched by a plain store, ever
+//! (DESIGN invariant 1). Headers are written only while the regions are private
 //! to the initialising thread, before they are published with release.
 
-use crate::central;
-use crate::os;
+use crate::capacity::{self, SlotMeta, SlotStacks};
 use crate::size_class::{CLASSES, NUM_CLASSES};
-use crate::{stripe_cache, transfer};
+use crate::{central, os, release, stripe_cache, transfer};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
@@ -65,11 +67,14 @@ const STRIDE: usize = LAYOUT.1.next_multiple_of(4096);
 
 const HEADER_BYTES: usize = core::mem::size_of::<BoundedStack>();
 const HEADERS_BYTES: usize = NUM_CLASSES * HEADER_BYTES;
+/// The slot's [`SlotMeta`] follows the headers, on lines of its own.
+const META_OFFSET: usize = HEADERS_BYTES.next_multiple_of(64);
+const ARRAYS_OFFSET: usize = (META_OFFSET + core::mem::size_of::<SlotMeta>()).next_multiple_of(64);
 
 /// Byte offset of each class's pointer array inside a region, and the region's size.
 const fn layout() -> ([usize; NUM_CLASSES], usize) {
     let mut offsets = [0; NUM_CLASSES];
-    let mut at = HEADERS_BYTES;
+    let mut at = ARRAYS_OFFSET;
     let mut i = 0;
     while i < NUM_CLASSES {
         offsets[i] = at;
@@ -128,15 +133,15 @@ fn init() {
             // SAFETY: `slot * stride + class * HEADER_BYTES` and the array at `offset` lie inside the
             // fresh mapping of `slots * stride` bytes (the layout fits in `stride`); nobody
             // else can see it before `BASE` is published below, and zeroed memory is a valid
-            // `BoundedStack` (three null atomics).
+            // `BoundedStack` (three null atomics). Every class starts with capacity 0
+            // (`end == begin`; the zeroed `SlotMeta` agrees) and grows on its misses.
             unsafe {
                 let region = base.as_ptr().add(slot * stride);
                 let header = &*region.add(class * HEADER_BYTES).cast::<BoundedStack>();
                 let begin = region.add(offset);
-                let end = begin.add(CLASSES[class].cpu_capacity * 8);
                 header.begin.store(begin, Ordering::Relaxed);
                 header.top.store(begin, Ordering::Relaxed);
-                header.end.store(end, Ordering::Relaxed);
+                header.end.store(begin, Ordering::Relaxed);
             }
         }
     }
@@ -187,6 +192,66 @@ fn set_up_regions() -> Option<*mut u8> {
     (!base.is_null()).then_some(base)
 }
 
+/// One slot's region, once the regions are published: its headers, its [`SlotMeta`] and
+/// its storage, for the slow paths and the drain.
+#[derive(Clone, Copy)]
+struct Slot {
+    region: *mut u8,
+}
+
+impl Slot {
+    /// Slot `index`, when the regions are published and it is one of theirs.
+    fn get(index: usize) -> Option<Slot> {
+        let base = REGIONS.base.load(Ordering::Acquire);
+        if base.is_null() || index >= REGIONS.slots.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Slot {
+            region: base.wrapping_add(index * STRIDE),
+        })
+    }
+
+    /// Every slot (none before the regions are published).
+    fn all() -> impl Iterator<Item = Slot> {
+        let base = REGIONS.base.load(Ordering::Acquire);
+        let slots = if base.is_null() {
+            0
+        } else {
+            REGIONS.slots.load(Ordering::Relaxed)
+        };
+        (0..slots).map(move |index| Slot {
+            region: base.wrapping_add(index * STRIDE),
+        })
+    }
+}
+
+impl SlotStacks for Slot {
+    fn meta(&self) -> &SlotMeta {
+        // SAFETY: `region` is a published slot's region (see `Slot::get`), never unmapped;
+        // its `SlotMeta` at `META_OFFSET` was zeroed by the mapping (a valid value) and is
+        // used only through atomics and its lock.
+        unsafe { &*self.region.add(META_OFFSET).cast::<SlotMeta>() }
+    }
+
+    fn header(&self, class: usize) -> &BoundedStack {
+        // SAFETY: as in `meta`: header `class` of a published region, initialised before
+        // the regions were published, used only through atomics.
+        unsafe { &*self.region.add(class * HEADER_BYTES).cast::<BoundedStack>() }
+    }
+
+    fn storage(&self, class: usize) -> *mut u8 {
+        self.region.wrapping_add(LAYOUT.0[class])
+    }
+}
+
+/// A miss on `class` on slot `index`: count it and grow the class there; returns the
+/// class's capacity on that slot now (0 when the slot is unknown).
+fn grow_on_miss(index: usize, class: usize) -> usize {
+    Slot::get(index).map_or(0, |slot| {
+        capacity::grow_on_miss(&slot, class, capacity::cpu_cache_budget())
+    })
+}
+
 /// An object of `class`, or null when out of memory.
 ///
 /// The fast path is one pop; retries, refills and the no-CPU path are out of line, so this
@@ -228,7 +293,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
                     value: Some(object),
                     ..
                 } => return object,
-                Outcome::Completed { value: None, .. } => return refill(class, stacks),
+                Outcome::Completed { value: None, cpu } => return refill(class, stacks, cpu),
                 Outcome::Aborted => continue,
                 Outcome::NoCpu => break,
             }
@@ -237,12 +302,15 @@ fn alloc_slow(class: usize) -> *mut u8 {
     stripe_cache::alloc(class)
 }
 
-/// This CPU's stack for `class` ran dry: fetch a batch, keep one, push the rest.
+/// The stack for `class` on slot `cpu` ran dry: grow it, fetch a batch (no more than the
+/// stack can take), keep one, push the rest.
 #[cold]
-fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>) -> *mut u8 {
+fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) -> *mut u8 {
+    let capacity = grow_on_miss(cpu, class);
     let mut batch = [core::ptr::null_mut(); MAX_BATCH];
-    let want = CLASSES[class].batch.min(MAX_BATCH);
+    let want = CLASSES[class].batch.min(MAX_BATCH).min(capacity + 1);
     let got = transfer::remove(class, &mut batch[..want]);
+    release::maybe_tick();
     if got == 0 {
         return core::ptr::null_mut();
     }
@@ -297,9 +365,16 @@ unsafe fn free_slow(class: usize, object: *mut u8) {
             // SAFETY: as in `alloc`; the caller hands over the object.
             match unsafe { BACKEND.push_word(stacks, object) } {
                 Outcome::Completed { value: Ok(()), .. } => return,
-                Outcome::Completed { value: Err(_), .. } => {
+                Outcome::Completed { value: Err(_), cpu } => {
+                    let before = Slot::get(cpu).map_or(0, |slot| slot.meta().capacity(class));
+                    if grow_on_miss(cpu, class) > before {
+                        // Room made on that slot: push again (wherever the thread is now).
+                        continue;
+                    }
                     // SAFETY: forwarded from the caller.
-                    return unsafe { flush(class, stacks, object) };
+                    unsafe { flush(class, stacks, object) };
+                    release::maybe_tick();
+                    return;
                 }
                 Outcome::Aborted => continue,
                 Outcome::NoCpu => break,
@@ -369,13 +444,43 @@ pub(crate) fn after_fork_in_child() {
     }
 }
 
-/// Move every object cached in every slot's stacks to the central lists; returns how many.
-/// The caller holds the release lock, which makes it the only remote owner of any stack.
+/// Move every object cached in every slot's stacks to the central lists, and reset every
+/// class's capacity to 0; returns how many objects moved. The caller holds the release
+/// lock.
+pub(crate) fn drain_all() -> usize {
+    drain(|_| true)
+}
+
+/// [`drain_all`] for the slots that had no miss since the previous call (idle CPUs, whose
+/// caches would otherwise hold their objects for ever), and any left stopped by a failed
+/// fence. The caller holds the release lock.
+pub(crate) fn drain_idle() -> usize {
+    drain(|slot| {
+        let meta = slot.meta();
+        let misses = meta.misses.load(Ordering::Relaxed);
+        let seen = meta.misses_at_check.swap(misses, Ordering::Relaxed);
+        let left_stopped = meta.stopped.iter().any(|w| w.load(Ordering::Relaxed) != 0);
+        (misses == seen && meta.capacity_bytes.load(Ordering::Relaxed) > 0) || left_stopped
+    })
+}
+
+/// Bytes of capacity the per-CPU caches are sized to, over all slots (a snapshot).
+pub(crate) fn capacity_bytes() -> usize {
+    Slot::all()
+        .map(|slot| slot.meta().capacity_bytes.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Drain the slots `select` picks: move every object cached there to the central lists
+/// and reset each class's capacity to 0 (it grows back on misses). Returns the objects
+/// moved. The caller holds the release lock, which makes it the only remote owner of any
+/// stack; each chosen slot's `resize` lock is held throughout, so no resize runs on it.
 ///
 /// The `BoundedStack` stop protocol (see its docs and percpu-queue's buffer), for all
-/// stacks at once so that the whole drain costs two fences:
+/// chosen stacks at once so that the whole drain costs two fences:
 ///
-/// 1. stop each stack that is not empty (or was left stopped): `begin = end = top`;
+/// 1. stop each stack that is not empty (or was left stopped): `begin = end = top`, and
+///    mark it stopped in the slot's `SlotMeta`;
 /// 2. fence every CPU, then re-read each stopped stack's `top`: where it moved, a section
 ///    committed between the read and the fence, so stop it again at the new top and fence
 ///    again, until no `top` moves. Now `[storage, top)` holds exactly the stack's items and
@@ -384,98 +489,109 @@ pub(crate) fn after_fork_in_child() {
 ///    `begin == end` still equal the stopped top (a section that reads the new top may push
 ///    into the emptied slots, but none can pop);
 /// 4. fence again, so no section still acts on an old top, and only then restore `begin`
-///    and `end`.
+///    and set `end` for capacity 0 (lowering `end` needs no fence, see [`capacity`]).
 ///
 /// Without fences (no membarrier RSEQ command) nothing is moved and every stack is
 /// restored as it was. Should the second fence fail, the stacks stay as step 3 left them,
 /// which is safe: pushes fill them up to the old top, pops decline, the slow paths go to
 /// the transfer cache, and the next drain restores them.
-pub(crate) fn drain_all() -> usize {
-    let base = REGIONS.base.load(Ordering::Acquire);
-    if base.is_null() {
+fn drain(select: impl Fn(&Slot) -> bool) -> usize {
+    // Mark the chosen slots (only the release lock's holder writes the marks) and hold
+    // their resize locks.
+    let mut chosen = 0;
+    for slot in Slot::all() {
+        let meta = slot.meta();
+        let pick = select(&slot);
+        meta.draining.store(pick, Ordering::Relaxed);
+        if pick {
+            meta.resize.lock_and_keep();
+            chosen += 1;
+        }
+    }
+    if chosen == 0 {
         return 0;
     }
-    let slots = REGIONS.slots.load(Ordering::Relaxed);
-    let stack = |slot: usize, class: usize| -> &'static BoundedStack {
-        // SAFETY: as in `caches`: the published regions hold a live `BoundedStack` for
-        // every class of every slot below `slots`, never unmapped, used only atomically.
-        unsafe {
-            &*base
-                .add(slot * STRIDE + class * HEADER_BYTES)
-                .cast::<BoundedStack>()
+    let each = || {
+        Slot::all()
+            .filter(|slot| slot.meta().draining.load(Ordering::Relaxed))
+            .flat_map(|slot| (0..NUM_CLASSES).map(move |class| (slot, class)))
+    };
+    let stop = |slot: &Slot, class: usize, top: *mut u8| {
+        let header = slot.header(class);
+        header.begin.store(top, Ordering::Release);
+        header.end.store(top, Ordering::Release);
+        slot.meta().set_stopped(class, true);
+    };
+    let drained = stop_and_empty(&each, &stop);
+    for slot in Slot::all() {
+        let meta = slot.meta();
+        if meta.draining.swap(false, Ordering::Relaxed) {
+            // SAFETY: taken with `lock_and_keep` above, by this thread, and not released.
+            unsafe { meta.resize.unlock_kept() };
         }
-    };
-    let storage = |slot: usize, class: usize| -> (*mut u8, *mut u8) {
-        // SAFETY: the class's array lies inside the slot's region (see `layout`).
-        let begin = unsafe { base.add(slot * STRIDE + LAYOUT.0[class]) };
-        (begin, begin.wrapping_add(CLASSES[class].cpu_capacity * 8))
-    };
-    let each = || (0..slots).flat_map(|slot| (0..NUM_CLASSES).map(move |class| (slot, class)));
-    // Stopped stacks are those whose bounds are not their storage's; untouched ones keep
-    // them, since nothing but this function writes `begin` and `end` after `init`.
-    let stopped = |slot: usize, class: usize| {
-        let (begin, end) = storage(slot, class);
-        let s = stack(slot, class);
-        s.begin.load(Ordering::Relaxed) != begin || s.end.load(Ordering::Relaxed) != end
-    };
-    let stop = |s: &BoundedStack, top: *mut u8| {
-        s.begin.store(top, Ordering::Release);
-        s.end.store(top, Ordering::Release);
-    };
-    let restore = |slot: usize, class: usize| {
-        let (begin, end) = storage(slot, class);
-        let s = stack(slot, class);
-        s.begin.store(begin, Ordering::Release);
-        s.end.store(end, Ordering::Release);
+    }
+    drained
+}
+
+/// Steps 1 to 4 of [`drain`] over the chosen `(slot, class)` pairs.
+fn stop_and_empty<I: Iterator<Item = (Slot, usize)>>(
+    each: &impl Fn() -> I,
+    stop: &impl Fn(&Slot, usize, *mut u8),
+) -> usize {
+    // Restore a stopped stack's bounds for `capacity` objects and clear its mark. The
+    // caller fenced since any `top` it stored, or stored none.
+    let restore = |slot: &Slot, class: usize, capacity: usize| {
+        let header = slot.header(class);
+        header.begin.store(slot.storage(class), Ordering::Release);
+        slot.meta().set_stopped(class, false);
+        slot.set_capacity(class, capacity);
     };
     // Step 1.
     let mut any = false;
     for (slot, class) in each() {
-        let s = stack(slot, class);
-        let top = s.top.load(Ordering::Acquire);
-        if top != storage(slot, class).0 || stopped(slot, class) {
-            stop(s, top);
+        let top = slot.header(class).top.load(Ordering::Acquire);
+        if top != slot.storage(class) || slot.meta().is_stopped(class) {
+            stop(&slot, class, top);
             any = true;
         }
     }
-    if !any {
-        return 0;
-    }
-    // Step 2.
-    loop {
-        if BACKEND.fence_all().is_err() {
+    // Step 2 (only stacks stopped in step 1 need it).
+    if any {
+        loop {
+            if BACKEND.fence_all().is_err() {
+                for (slot, class) in each() {
+                    if slot.meta().is_stopped(class) {
+                        restore(&slot, class, slot.meta().capacity(class));
+                    }
+                }
+                return 0;
+            }
+            let mut moved = false;
             for (slot, class) in each() {
-                if stopped(slot, class) {
-                    restore(slot, class);
+                if !slot.meta().is_stopped(class) {
+                    continue;
+                }
+                let header = slot.header(class);
+                let top = header.top.load(Ordering::Acquire);
+                if top != header.begin.load(Ordering::Relaxed) {
+                    stop(&slot, class, top);
+                    moved = true;
                 }
             }
-            return 0;
-        }
-        let mut moved = false;
-        for (slot, class) in each() {
-            if !stopped(slot, class) {
-                continue;
+            if !moved {
+                break;
             }
-            let s = stack(slot, class);
-            let top = s.top.load(Ordering::Acquire);
-            if top != s.begin.load(Ordering::Relaxed) {
-                stop(s, top);
-                moved = true;
-            }
-        }
-        if !moved {
-            break;
         }
     }
     // Step 3.
     let mut drained = 0;
     for (slot, class) in each() {
-        if !stopped(slot, class) {
+        if !slot.meta().is_stopped(class) {
             continue;
         }
-        let s = stack(slot, class);
-        let (begin, _) = storage(slot, class);
-        let top = s.top.load(Ordering::Acquire);
+        let header = slot.header(class);
+        let begin = slot.storage(class);
+        let top = header.top.load(Ordering::Acquire);
         let mut batch = [core::ptr::null_mut(); 64];
         let mut at = begin;
         while at < top {
@@ -484,8 +600,7 @@ pub(crate) fn drain_all() -> usize {
                 // SAFETY: `at` lies in `[storage, top)`, the stopped stack's live words
                 // (written by committed pushes, ordered before us by the fence).
                 batch[n] = unsafe { &*at.cast::<AtomicPtr<u8>>() }.load(Ordering::Relaxed);
-                // SAFETY: `at < top <= storage end`, inside the same array.
-                at = unsafe { at.add(8) };
+                at = at.wrapping_add(8);
                 n += 1;
             }
             // SAFETY: the objects were free in the stopped stack, which no section can pop
@@ -493,15 +608,50 @@ pub(crate) fn drain_all() -> usize {
             unsafe { central::insert(class, &batch[..n]) };
             drained += n;
         }
-        s.top.store(begin, Ordering::Release);
+        header.top.store(begin, Ordering::Release);
     }
     // Step 4.
-    if BACKEND.fence_all().is_ok() {
+    if !any || BACKEND.fence_all().is_ok() {
         for (slot, class) in each() {
-            if stopped(slot, class) {
-                restore(slot, class);
+            if slot.meta().is_stopped(class) {
+                restore(&slot, class, 0);
+            } else {
+                slot.set_capacity(class, 0);
             }
         }
     }
     drained
+}
+
+/// How many slots' resize locks [`lock_for_fork`] holds.
+static LOCKED_FOR_FORK: AtomicUsize = AtomicUsize::new(0);
+
+/// Take every slot's resize lock and keep them (the fork `prepare` handler, after the
+/// release lock).
+pub(crate) fn lock_for_fork() {
+    let mut locked = 0;
+    for slot in Slot::all() {
+        slot.meta().resize.lock_and_keep();
+        locked += 1;
+    }
+    LOCKED_FOR_FORK.store(locked, Ordering::Relaxed);
+}
+
+/// Release the resize locks after a fork: in the parent those [`lock_for_fork`] took
+/// (regions published after it looked have locks that their own holders release); in the
+/// child every slot's, since the child's only thread is the one that forked, which holds
+/// none but those (one held by another thread at the fork would stay held for ever).
+///
+/// # Safety
+/// Called by a fork handler on the thread that ran `lock_for_fork` (in the child: its copy),
+/// once per `lock_for_fork`.
+pub(crate) unsafe fn unlock_after_fork(in_child: bool) {
+    let locked = LOCKED_FOR_FORK.swap(0, Ordering::Relaxed);
+    for (index, slot) in Slot::all().enumerate() {
+        if in_child || index < locked {
+            // SAFETY: this thread took the lock in `lock_for_fork`, or (in the child) no
+            // thread that could hold it exists any more.
+            unsafe { slot.meta().resize.unlock_kept() };
+        }
+    }
 }

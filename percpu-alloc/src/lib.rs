@@ -31,6 +31,11 @@
 //!   each with one committing store. An empty stack is refilled with a batch from the
 //!   transfer cache (pushed one by one, since the thread may migrate meanwhile; what does
 //!   not fit goes back); a full one is drained by a batch of pops.
+//! - **Capacities** (`capacity`): every class starts at capacity 0 on every CPU and grows
+//!   by a batch on each miss, while the CPU's capacities stay within a byte budget
+//!   ([`set_cpu_cache_budget`], `PERCPU_ALLOC_CPU_CACHE_BYTES`, default 6 MiB); at the
+//!   budget a missing class takes room other classes of that CPU leave unused. So a CPU
+//!   caches what its threads use, and the per-CPU total stays bounded.
 //! - **Middle** (`transfer`, `central`): per class a transfer cache (a fixed array of
 //!   pointers under a spin lock) that moves batches between CPUs, backed by a central free
 //!   list (objects linked through their first word, plus a bump range over the newest span
@@ -85,6 +90,15 @@
 //! bytes of free objects have built up on the central lists; off by default. Large
 //! allocations are unmapped when freed. [`Stats::released_bytes`] counts what went back.
 //!
+//! And on a clock, with no thread of its own: at most once per release interval
+//! ([`set_release_interval`], `PERCPU_ALLOC_RELEASE_INTERVAL_MS`, default one second) the
+//! first cache miss drains the per-CPU caches of every CPU that had no miss since the
+//! previous tick (resetting their capacities), the stripe caches, and when a CPU was idle
+//! the transfer caches, then releases the wholly free spans if the central lists grew by a
+//! MiB since. A process whose allocation rate falls thus shrinks within a second or two of
+//! its next miss; one that stops allocating keeps its memory until it allocates again or
+//! calls [`release_memory`].
+//!
 //! # Fork
 //!
 //! `pthread_atfork` handlers, registered at the first slow path, take every lock of the
@@ -93,10 +107,12 @@
 //!
 //! # Not yet
 //!
-//! Per-CPU caches do not shrink or rebalance by themselves; free spans are not merged with
-//! their neighbours; no `Allocator` impl; the statistics use relaxed atomics and locks
-//! rather than percpu-counter.
+//! Capacity moves between the classes of one CPU, not between CPUs (an idle CPU's goes back
+//! to nothing on the clock); free spans are not merged with their neighbours; no
+//! `Allocator` impl; the statistics use relaxed atomics and locks rather than
+//! percpu-counter.
 
+mod capacity;
 mod central;
 mod fork;
 mod front;
@@ -109,7 +125,11 @@ mod spin;
 mod stripe_cache;
 mod transfer;
 
-pub use release::{release_memory, release_threshold, set_release_threshold};
+pub use capacity::{cpu_cache_budget, set_cpu_cache_budget};
+pub use release::{
+    release_interval, release_memory, release_threshold, set_release_interval,
+    set_release_threshold,
+};
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
@@ -294,6 +314,9 @@ pub struct Stats {
     pub in_use_bytes: usize,
     /// Free bytes cached in per-CPU stacks.
     pub per_cpu_cache_bytes: usize,
+    /// Bytes the per-CPU stacks are sized to hold now, over all CPUs: each CPU's share is
+    /// within [`cpu_cache_budget`], and grows and shrinks with use.
+    pub per_cpu_capacity_bytes: usize,
     /// Free bytes in the transfer caches.
     pub transfer_cache_bytes: usize,
     /// Free bytes cached for threads without a CPU (per thread stripe).
@@ -334,6 +357,7 @@ pub fn stats() -> Stats {
         s.central_bytes += free * size;
         small_in_use += carved.saturating_sub(cached + transferring + striped + free) * size;
     }
+    s.per_cpu_capacity_bytes = front::capacity_bytes();
     s.large_bytes = page_heap::large_bytes();
     s.in_use_bytes = small_in_use + s.large_bytes;
     s.mapped_bytes = os::mapped_bytes();

@@ -164,6 +164,27 @@ pub(crate) unsafe fn remap(
     NonNull::new(new.cast())
 }
 
+/// Nanoseconds on a monotonic clock of coarse resolution (a few milliseconds: the vDSO
+/// reads it without a system call and without the time counter), for pacing slow work.
+pub(crate) fn monotonic_coarse_ns() -> u64 {
+    // Miri knows the precise clock; the coarse one only saves time natively.
+    let clock = if cfg!(miri) {
+        libc::CLOCK_MONOTONIC
+    } else {
+        libc::CLOCK_MONOTONIC_COARSE
+    };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock exists on every Linux since
+    // 2.6.32, and should the call fail `now` stays zero (pacing then waits for a later call).
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
 /// The process's resident set in bytes, from `/proc/self/statm` (read with raw
 /// open/read into a stack buffer: no allocation). `None` when unreadable.
 #[cfg_attr(miri, allow(unreachable_code))]

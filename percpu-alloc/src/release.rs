@@ -1,5 +1,6 @@
-//! Giving free memory back to the system: on request ([`release_memory`]) and automatically
-//! past a threshold ([`set_release_threshold`], `PERCPU_ALLOC_RELEASE_BYTES`).
+//! Giving free memory back to the system: on request ([`release_memory`]), automatically
+//! past a threshold ([`set_release_threshold`], `PERCPU_ALLOC_RELEASE_BYTES`), and on a
+//! clock ([`set_release_interval`], `PERCPU_ALLOC_RELEASE_INTERVAL_MS`).
 //!
 //! What can go back is a wholly free span: one whose every object sits on its class's
 //! central free list. [`release_memory`] first moves every cached free object there (the
@@ -16,11 +17,27 @@
 //! unasked). So at most about `threshold` bytes of central free memory build up between
 //! sweeps, and a sweep's cost (sorting the free lists) is paid once per `threshold` bytes
 //! freed; no background thread is needed. Free objects still in per-CPU and transfer caches
-//! (bounded: about 128 KiB per class per CPU, and 128 objects per class) are not counted.
-
+//! (bounded: the per-CPU budget, and 128 objects per class) are not counted.
+//!
+//! The clock: every miss of a per-CPU cache (and every slow path of the stripe caches)
+//! reads a coarse monotonic clock, and the first one after each release interval (default
+//! one second) ticks, unless another thread is releasing:
+//!
+//! - the per-CPU caches of every slot that had no miss since the previous tick are drained
+//!   (membarrier fences, as [`release_memory`] does) and their capacities reset, so a CPU
+//!   that stopped allocating keeps nothing; when one was, the transfer caches are drained
+//!   too (the process is calming down);
+//! - the stripe caches are drained;
+//! - the central lists are swept when their free bytes grew by at least 1 MiB since the
+//!   previous tick's sweep left them.
+//!
+//! So a process whose allocation rate falls shrinks within an interval or two of its next
+//! slow path. One that stops allocating altogether keeps what it had until it allocates
+//! again or calls [`release_memory`]: nothing runs without an application thread.
 use crate::spin::SpinLock;
-use crate::{central, fork, front, stripe_cache, transfer};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use crate::{central, fork, front, os, stripe_cache, transfer};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
 
 /// Serialises releases (explicit and automatic) and the drain of remote per-CPU stacks
 /// (one thief at a time). First in the fork lock order.
@@ -55,6 +72,7 @@ pub fn release_memory() -> usize {
     }
     let released = sweep();
     NEXT_SWEEP.store(0, Ordering::Relaxed);
+    LEFT_BY_TICK.store(central::free_bytes(), Ordering::Relaxed);
     released
 }
 
@@ -89,18 +107,28 @@ pub fn release_threshold() -> usize {
     }
 }
 
-/// `PERCPU_ALLOC_RELEASE_BYTES`: a byte count with an optional `k`, `m` or `g` suffix
-/// (KiB, MiB, GiB); unset, empty or malformed means 0 (off).
+/// `PERCPU_ALLOC_RELEASE_BYTES`: unset, empty or malformed means 0 (off).
 fn threshold_from_environment() -> usize {
+    bytes_from_environment(c"PERCPU_ALLOC_RELEASE_BYTES").unwrap_or(0)
+}
+
+/// The environment variable `name` as a byte count with an optional `k`, `m` or `g` suffix
+/// (KiB, MiB, GiB); `None` when unset, empty or malformed.
+pub(crate) fn bytes_from_environment(name: &core::ffi::CStr) -> Option<usize> {
+    parse_bytes(environment(name)?)
+}
+
+/// The environment variable `name`'s bytes, read without allocating.
+fn environment(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     // SAFETY: getenv with a NUL-terminated name; it neither allocates nor takes a lock.
     // The value is read at once (as rseq-sys reads `PERCPU_NO_RSEQ`).
-    let value = unsafe { libc::getenv(c"PERCPU_ALLOC_RELEASE_BYTES".as_ptr()) };
+    let value = unsafe { libc::getenv(name.as_ptr()) };
     if value.is_null() {
-        return 0;
+        return None;
     }
-    // SAFETY: getenv returned a NUL-terminated string in the environment block.
-    let value = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
-    parse_bytes(value).unwrap_or(0)
+    // SAFETY: getenv returned a NUL-terminated string in the environment block, which the
+    // allocator's callers do not modify (nor does Rust's `set_var` free old values).
+    Some(unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes())
 }
 
 fn parse_bytes(text: &[u8]) -> Option<usize> {
@@ -110,6 +138,11 @@ fn parse_bytes(text: &[u8]) -> Option<usize> {
         b'g' | b'G' => (&text[..text.len() - 1], 30),
         _ => (text, 0),
     };
+    parse_decimal(digits)?.checked_mul(1 << shift)
+}
+
+/// A plain decimal number (no sign, no suffix); `None` when empty or malformed.
+fn parse_decimal(digits: &[u8]) -> Option<usize> {
     if digits.is_empty() {
         return None;
     }
@@ -120,7 +153,7 @@ fn parse_bytes(text: &[u8]) -> Option<usize> {
         }
         n = n.checked_mul(10)?.checked_add(usize::from(d - b'0'))?;
     }
-    n.checked_mul(1 << shift)
+    Some(n)
 }
 
 /// Sweep every class; the caller holds [`RELEASE`].
@@ -165,6 +198,106 @@ pub(crate) fn maybe_release() {
     );
 }
 
+/// Milliseconds between ticks of the release clock, 0 for none; [`UNREAD`] until the
+/// environment was read (or [`set_release_interval`] called).
+static INTERVAL_MS: AtomicUsize = AtomicUsize::new(UNREAD);
+const DEFAULT_INTERVAL_MS: usize = 1000;
+/// When the next tick is due, on [`os::monotonic_coarse_ns`]; 0 until the first slow path
+/// starts the clock.
+static NEXT_TICK: AtomicU64 = AtomicU64::new(0);
+/// Central free bytes the previous tick's sweep left behind (in fragmented spans).
+static LEFT_BY_TICK: AtomicUsize = AtomicUsize::new(0);
+/// A tick sweeps when the central free bytes grew by this much since.
+const TICK_SWEEP_BYTES: usize = 1 << 20;
+
+/// Set the release interval: at most this often, the first cache miss after it drains the
+/// per-CPU caches of CPUs that had no miss since the last time, and releases the wholly
+/// free spans (see the crate docs). [`Duration::ZERO`] turns it off. Overrides
+/// `PERCPU_ALLOC_RELEASE_INTERVAL_MS`; the default is one second. Millisecond resolution
+/// (rounded up), and the clock read is coarse (a few milliseconds).
+pub fn set_release_interval(interval: Duration) {
+    let ms = interval.as_nanos().div_ceil(1_000_000);
+    INTERVAL_MS.store(
+        usize::try_from(ms).unwrap_or(UNREAD - 1).min(UNREAD - 1),
+        Ordering::Relaxed,
+    );
+    NEXT_TICK.store(0, Ordering::Relaxed);
+}
+
+/// The release interval (see [`set_release_interval`]): from
+/// `PERCPU_ALLOC_RELEASE_INTERVAL_MS` at first use (`0` for off), one second when unset or
+/// malformed.
+pub fn release_interval() -> Duration {
+    Duration::from_millis(interval_ms() as u64)
+}
+
+fn interval_ms() -> usize {
+    match INTERVAL_MS.load(Ordering::Relaxed) {
+        UNREAD => {
+            let from_env = environment(c"PERCPU_ALLOC_RELEASE_INTERVAL_MS")
+                .and_then(parse_decimal)
+                .unwrap_or(DEFAULT_INTERVAL_MS)
+                .min(UNREAD - 1);
+            match INTERVAL_MS.compare_exchange(
+                UNREAD,
+                from_env,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => from_env,
+                Err(set) => set,
+            }
+        }
+        ms => ms,
+    }
+}
+
+/// The release clock: called from slow paths holding no lock; ticks at most once per
+/// interval (see the module docs).
+pub(crate) fn maybe_tick() {
+    let ms = interval_ms();
+    if ms == 0 {
+        return;
+    }
+    let now = os::monotonic_coarse_ns();
+    let due = NEXT_TICK.load(Ordering::Relaxed);
+    if now < due {
+        return;
+    }
+    let next = now.saturating_add((ms as u64).saturating_mul(1_000_000));
+    if NEXT_TICK
+        .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+        || due == 0
+    {
+        // Another thread ticks, or this call only started the clock.
+        return;
+    }
+    let Some(_release) = RELEASE.try_lock() else {
+        return;
+    };
+    tick();
+}
+
+/// One tick; the caller holds [`RELEASE`].
+fn tick() {
+    let idle = front::drain_idle();
+    for class in 0..crate::size_class::NUM_CLASSES {
+        stripe_cache::drain(class);
+        if idle > 0 {
+            transfer::drain(class);
+        }
+    }
+    let free = central::free_bytes();
+    let left = LEFT_BY_TICK.load(Ordering::Relaxed);
+    if free >= left.saturating_add(TICK_SWEEP_BYTES) {
+        sweep();
+        LEFT_BY_TICK.store(central::free_bytes(), Ordering::Relaxed);
+    } else if free < left {
+        LEFT_BY_TICK.store(free, Ordering::Relaxed);
+    }
+}
+
 /// Take the release lock and keep it (the fork `prepare` handler; first in the order).
 pub(crate) fn lock_for_fork() {
     RELEASE.lock_and_keep();
@@ -181,7 +314,7 @@ pub(crate) unsafe fn unlock_after_fork() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_bytes, parse_decimal};
 
     #[test]
     fn byte_counts_parse() {
@@ -193,5 +326,8 @@ mod tests {
         for bad in [&b""[..], b"k", b"12x", b"-5", b"1.5m"] {
             assert_eq!(parse_bytes(bad), None);
         }
+        assert_eq!(parse_decimal(b"250"), Some(250));
+        assert_eq!(parse_decimal(b"1k"), None, "milliseconds take no suffix");
+        assert_eq!(parse_decimal(b"99999999999999999999999"), None);
     }
 }

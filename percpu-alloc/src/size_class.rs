@@ -31,7 +31,8 @@ pub(crate) struct Class {
     pub size: usize,
     /// Bytes in one span of this class (a multiple of [`SPAN_ALIGN`]).
     pub span_bytes: usize,
-    /// Capacity of each CPU's stack for this class, in objects.
+    /// The most objects each CPU's stack for this class can grow to (its storage; the
+    /// capacity in use grows and shrinks below it, see `capacity`).
     pub cpu_capacity: usize,
     /// Objects moved at once between a CPU's stack and the transfer cache.
     pub batch: usize,

@@ -48,10 +48,12 @@ impl<T> SpinLock<T> {
     /// The lock if it is free now, else `None` (for work that may be skipped, such as an
     /// automatic release that another thread is already doing).
     pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        // `then`, not `then_some`: a guard built for a failed attempt would be dropped,
+        // and its drop releases the lock that its holder still holds.
         self.locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-            .then_some(SpinGuard { lock: self })
+            .then(|| SpinGuard { lock: self })
     }
 
     /// Take the lock and keep it with no guard: the fork handlers hold every lock from the
@@ -99,6 +101,19 @@ impl<T> Drop for SpinGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_try_lock_leaves_the_lock_held() {
+        let lock = SpinLock::new(());
+        let held = lock.lock();
+        assert!(lock.try_lock().is_none());
+        assert!(
+            lock.try_lock().is_none(),
+            "the failed attempt released the lock"
+        );
+        drop(held);
+        assert!(lock.try_lock().is_some());
+    }
 
     #[test]
     fn lock_excludes() {

@@ -16,7 +16,7 @@
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
 use crate::transfer;
-use crate::{central, fork};
+use crate::{central, fork, release};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The most stripes kept; with more CPUs, threads share stripes (still this many ways).
@@ -82,6 +82,7 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
     // Half a stack's worth: one to hand out, the rest for the next allocations.
     let mut batch = [core::ptr::null_mut(); CAPACITY / 2 + 1];
     let got = transfer::remove(class, &mut batch[..limit(class) / 2 + 1]);
+    release::maybe_tick();
     if got == 0 {
         return core::ptr::null_mut();
     }
@@ -131,7 +132,8 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8) {
     };
     // SAFETY: `object` from the caller; the others were free in this stack and are now
     // only in `overflow`.
-    unsafe { transfer::insert(class, &overflow[..n]) }
+    unsafe { transfer::insert(class, &overflow[..n]) };
+    release::maybe_tick();
 }
 
 /// Move every object of `class` held here to the central list (before a release sweep,
