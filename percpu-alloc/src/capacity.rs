@@ -23,6 +23,7 @@
 //! the slow paths: a resize that finds it busy is skipped), which the drain of remote
 //! stacks also holds, so no resize touches a stack the drain has stopped.
 
+use crate::release::{self, UNREAD};
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -122,7 +123,6 @@ pub(crate) trait SlotStacks {
 
 /// The per-CPU byte budget; [`UNREAD`] until the environment was read.
 static BUDGET: AtomicUsize = AtomicUsize::new(UNREAD);
-const UNREAD: usize = usize::MAX;
 /// 6 MiB per slot: the mimalloc-bench rptest mix (2
 /// threads, 8 B to 16 KB, tables of 1000 blocks) ran 2.6x slower at 3 MiB, and with more
 /// peak memory (objects shuttled through the central lists fragment spans), and no faster
@@ -142,18 +142,9 @@ pub fn set_cpu_cache_budget(bytes: usize) {
 /// `PERCPU_ALLOC_CPU_CACHE_BYTES` (a byte count with an optional `k`, `m` or `g` suffix)
 /// at first use, 6 MiB when unset or malformed.
 pub fn cpu_cache_budget() -> usize {
-    match BUDGET.load(Ordering::Relaxed) {
-        UNREAD => {
-            let from_env = crate::release::bytes_from_environment(c"PERCPU_ALLOC_CPU_CACHE_BYTES")
-                .unwrap_or(DEFAULT_BUDGET)
-                .min(UNREAD - 1);
-            match BUDGET.compare_exchange(UNREAD, from_env, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => from_env,
-                Err(set) => set,
-            }
-        }
-        bytes => bytes,
-    }
+    release::read_once(&BUDGET, || {
+        release::bytes_from_environment(c"PERCPU_ALLOC_CPU_CACHE_BYTES").unwrap_or(DEFAULT_BUDGET)
+    })
 }
 
 /// A miss on `class` of this slot: count it, and grow the class by up to one batch within

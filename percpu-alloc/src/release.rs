@@ -46,7 +46,7 @@ static RELEASE: SpinLock<()> = SpinLock::new(());
 /// The automatic release threshold in bytes, 0 for none; [`UNREAD`] until the environment
 /// was read (or [`set_release_threshold`] called).
 static THRESHOLD: AtomicUsize = AtomicUsize::new(UNREAD);
-const UNREAD: usize = usize::MAX;
+pub(crate) const UNREAD: usize = usize::MAX;
 /// Central free bytes above which the next automatic sweep runs (0: at the threshold).
 static NEXT_SWEEP: AtomicUsize = AtomicUsize::new(0);
 
@@ -93,17 +93,21 @@ pub fn set_release_threshold(bytes: usize) {
 /// `PERCPU_ALLOC_RELEASE_BYTES` at the first use unless [`set_release_threshold`] came
 /// first.
 pub fn release_threshold() -> usize {
-    match THRESHOLD.load(Ordering::Relaxed) {
+    read_once(&THRESHOLD, threshold_from_environment)
+}
+
+/// A setting kept in `cell`, which holds [`UNREAD`] until the first use reads it with
+/// `from_environment` (clamped below [`UNREAD`]). A setter that stored a value first wins.
+pub(crate) fn read_once(cell: &AtomicUsize, from_environment: impl FnOnce() -> usize) -> usize {
+    match cell.load(Ordering::Relaxed) {
         UNREAD => {
-            let from_env = threshold_from_environment();
-            // A concurrent `set_release_threshold` wins.
-            match THRESHOLD.compare_exchange(UNREAD, from_env, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => from_env,
+            let value = from_environment().min(UNREAD - 1);
+            match cell.compare_exchange(UNREAD, value, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => value,
                 Err(set) => set,
             }
         }
-        bytes => bytes,
+        value => value,
     }
 }
 
@@ -232,24 +236,11 @@ pub fn release_interval() -> Duration {
 }
 
 fn interval_ms() -> usize {
-    match INTERVAL_MS.load(Ordering::Relaxed) {
-        UNREAD => {
-            let from_env = environment(c"PERCPU_ALLOC_RELEASE_INTERVAL_MS")
-                .and_then(parse_decimal)
-                .unwrap_or(DEFAULT_INTERVAL_MS)
-                .min(UNREAD - 1);
-            match INTERVAL_MS.compare_exchange(
-                UNREAD,
-                from_env,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => from_env,
-                Err(set) => set,
-            }
-        }
-        ms => ms,
-    }
+    read_once(&INTERVAL_MS, || {
+        environment(c"PERCPU_ALLOC_RELEASE_INTERVAL_MS")
+            .and_then(parse_decimal)
+            .unwrap_or(DEFAULT_INTERVAL_MS)
+    })
 }
 
 /// The release clock: called from slow paths holding no lock; ticks at most once per
