@@ -72,18 +72,17 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
 
 /// Move every object of `class` held here to the central list (before a release sweep).
 pub(crate) fn drain(class: usize) {
-    let mut items = [core::ptr::null_mut(); CAPACITY];
-    let n = {
-        let mut cache = TRANSFER[class].lock();
-        let n = cache.len;
-        items[..n].copy_from_slice(&cache.items[..n]);
-        cache.len = 0;
-        n
-    };
-    if n > 0 {
-        // SAFETY: the objects were free in this cache and are now only in `items`.
-        unsafe { central::insert(class, &items[..n]) };
+    let mut cache = TRANSFER[class].lock();
+    let n = cache.len;
+    if n == 0 {
+        return;
     }
+    let mut items = [core::ptr::null_mut(); CAPACITY];
+    items[..n].copy_from_slice(&cache.items[..n]);
+    cache.len = 0;
+    drop(cache);
+    // SAFETY: the objects were free in this cache and are now only in `items`.
+    unsafe { central::insert(class, &items[..n]) };
 }
 
 /// Take every class's lock and keep them, in class order (the fork `prepare` handler).
