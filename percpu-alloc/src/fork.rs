@@ -22,7 +22,9 @@
 //!    taking another lock);
 //! 5. the central lists, class 0 to the last (one at a time; a central list asks the page
 //!    heap for a span while locked);
-//! 6. the page heap.
+//! 6. the page heap;
+//! 7. the large-block cache (held by a free or a large request, or under the release lock
+//!    by a tick or [`release_memory`](crate::release_memory), with no other lock).
 //!
 //! `parent` and `child` release them in reverse. The per-CPU stacks need nothing more: they
 //! change only in committed rseq critical sections, each atomic on its CPU, so a
@@ -48,7 +50,7 @@
 //! puts ours among the first (the first allocation happens early in a process), and
 //! handlers registered later (which run earlier) are free to allocate.
 
-use crate::{central, front, page_heap, release, stripe_cache, transfer};
+use crate::{central, front, large_cache, page_heap, release, stripe_cache, transfer};
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 const UNREGISTERED: u8 = 0;
@@ -169,6 +171,7 @@ extern "C" fn prepare() {
     transfer::lock_for_fork();
     central::lock_for_fork();
     page_heap::lock_for_fork();
+    large_cache::lock_for_fork();
     HOLDER.store(tid, Ordering::Release);
     DEPTH.store(1, Ordering::Relaxed);
 }
@@ -182,6 +185,7 @@ fn release_all(in_child: bool) {
     // SAFETY: `prepare` took these locks on this thread (in the child: on the thread whose
     // copy this is) and nothing released them since; released in reverse order.
     unsafe {
+        large_cache::unlock_after_fork();
         page_heap::unlock_after_fork();
         central::unlock_after_fork();
         transfer::unlock_after_fork();

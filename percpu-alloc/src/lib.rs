@@ -49,7 +49,11 @@
 //!   confirm it off the critical path. Requests over 256 KiB or
 //!   aligned beyond 4 KiB get their own mapping (alignment by over-reserving and trimming,
 //!   any power of two up to what the address space allows, 1 GiB included); `realloc` of
-//!   such blocks uses `mremap`. The page size is read at run time.
+//!   such blocks uses `mremap`. A freed large block is kept mapped for the next large
+//!   request it fits (`large_cache`: within [`set_large_cache_bytes`],
+//!   `PERCPU_ALLOC_LARGE_CACHE_BYTES`, default 32 MiB, blocks up to a quarter of that), so
+//!   programs that cycle large buffers pay no `mmap`, `munmap` or page faults for them.
+//!   The page size is read at run time.
 //!
 //! Metadata never comes from the global allocator: the pagemap root, the transfer and
 //! central lists and the stripe caches are statics, everything else is mmap'd. The spin
@@ -88,14 +92,16 @@
 //! `PERCPU_ALLOC_RELEASE_BYTES` environment variable, read at first use, e.g. `256m`) makes
 //! the allocation slow paths do the same, without the per-CPU drain, whenever that many
 //! bytes of free objects have built up on the central lists; off by default. Large
-//! allocations are unmapped when freed. [`Stats::released_bytes`] counts what went back.
+//! allocations are unmapped when freed, or kept for reuse within their budget until
+//! [`release_memory`] or the clock below unmaps them. [`Stats::released_bytes`] counts
+//! what went back.
 //!
 //! And on a clock, with no thread of its own: at most once per release interval
 //! ([`set_release_interval`], `PERCPU_ALLOC_RELEASE_INTERVAL_MS`, default one second) the
 //! first cache miss drains the per-CPU caches of every CPU that had no miss since the
 //! previous tick (resetting their capacities), the stripe caches, and when a CPU was idle
 //! the transfer caches, then releases the wholly free spans if the central lists grew by a
-//! MiB since. A process whose allocation rate falls thus shrinks within a second or two of
+//! MiB since, and unmaps the large blocks kept since before the previous tick. A process whose allocation rate falls thus shrinks within a second or two of
 //! its next miss; one that stops allocating keeps its memory until it allocates again or
 //! calls [`release_memory`].
 //!
@@ -116,6 +122,7 @@ mod capacity;
 mod central;
 mod fork;
 mod front;
+mod large_cache;
 mod os;
 mod page_heap;
 mod pagemap;
@@ -126,6 +133,7 @@ mod stripe_cache;
 mod transfer;
 
 pub use capacity::{cpu_cache_budget, set_cpu_cache_budget};
+pub use large_cache::{large_cache_bytes, set_large_cache_bytes};
 pub use release::{
     release_interval, release_memory, release_threshold, set_release_interval,
     set_release_threshold,
@@ -185,7 +193,7 @@ fn abort_out_of_metadata() -> ! {
 fn alloc_layout(layout: Layout) -> *mut u8 {
     match size_class::class_for(layout.size(), layout.align()) {
         Some(class) => front::alloc(class),
-        None => page_heap::alloc_large(layout.size(), layout.align())
+        None => page_heap::alloc_large(layout.size(), layout.align(), false)
             .map_or(ptr::null_mut(), NonNull::as_ptr),
     }
 }
@@ -246,8 +254,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
                 }
                 p
             }
-            // Fresh mappings are zero already.
-            None => page_heap::alloc_large(layout.size(), layout.align())
+            None => page_heap::alloc_large(layout.size(), layout.align(), true)
                 .map_or(ptr::null_mut(), NonNull::as_ptr),
         }
     }
@@ -325,6 +332,9 @@ pub struct Stats {
     pub central_bytes: usize,
     /// Bytes of large allocations currently mapped.
     pub large_bytes: usize,
+    /// Bytes of freed large blocks kept mapped (and resident) for reuse, within
+    /// [`large_cache_bytes`].
+    pub large_cached_bytes: usize,
     /// Bytes of address space this allocator has mapped (spans, large blocks, metadata).
     pub mapped_bytes: usize,
     /// The whole process's resident set (`/proc/self/statm`), when readable.
@@ -334,9 +344,10 @@ pub struct Stats {
     /// Bytes of free spans kept by the page heap for reuse: mapped, their memory given
     /// back to the system (or never touched).
     pub page_heap_free_bytes: usize,
-    /// Bytes given back to the system with `MADV_DONTNEED` since the process started
-    /// (cumulative; by [`release_memory`] and the automatic release). Large blocks, which
-    /// are unmapped when freed, are not counted.
+    /// Bytes given back to the system since the process started (cumulative): spans
+    /// released with `MADV_DONTNEED` by [`release_memory`] and the automatic release, and
+    /// freed large blocks the large-block cache kept and then unmapped. Large blocks
+    /// unmapped as they are freed are not counted.
     pub released_bytes: usize,
 }
 
@@ -359,6 +370,7 @@ pub fn stats() -> Stats {
     }
     s.per_cpu_capacity_bytes = front::capacity_bytes();
     s.large_bytes = page_heap::large_bytes();
+    s.large_cached_bytes = large_cache::kept_bytes();
     s.in_use_bytes = small_in_use + s.large_bytes;
     s.mapped_bytes = os::mapped_bytes();
     s.process_resident_bytes = os::process_resident_bytes();

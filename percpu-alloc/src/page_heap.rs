@@ -16,11 +16,14 @@
 //!
 //! Large allocations (over [`MAX_SMALL`](crate::size_class::MAX_SMALL) bytes or aligned
 //! beyond [`MAX_SMALL_ALIGN`](crate::size_class::MAX_SMALL_ALIGN)) are one mapping each,
-//! aligned by over-reserving and trimming, recorded in the pagemap by their start, unmapped
-//! on free (so they need no release) and grown or shrunk with `mremap`.
+//! aligned by over-reserving and trimming, recorded in the pagemap by their start, and
+//! grown or shrunk with `mremap`. A freed one is kept mapped for reuse by a later large
+//! request when the [`large_cache`] has room for it, else unmapped.
 
+use crate::large_cache;
 use crate::os;
 use crate::pagemap::{self, Entry};
+use crate::release;
 use crate::size_class::SPAN_ALIGN;
 use crate::spin::SpinLock;
 use core::ptr::NonNull;
@@ -110,6 +113,12 @@ static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static FREE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Bytes given back to the system with `MADV_DONTNEED` since the process started.
 static RELEASED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Count `bytes` of resident memory given back to the system some other way than
+/// [`release_span`] (the large-block cache unmapping what it kept).
+pub(crate) fn count_released(bytes: usize) {
+    RELEASED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
 
 /// Bytes of live large allocations (their mapped lengths).
 pub(crate) fn large_bytes() -> usize {
@@ -235,11 +244,22 @@ pub(crate) fn large_len(size: usize) -> Option<usize> {
     (len <= isize::MAX as usize).then_some(len)
 }
 
-/// A large allocation of at least `size` bytes aligned to `align`, zeroed. `None` when out
-/// of memory or the request cannot be represented.
-pub(crate) fn alloc_large(size: usize, align: usize) -> Option<NonNull<u8>> {
+/// A large allocation of at least `size` bytes aligned to `align`, its first `size` bytes
+/// zeroed when `zeroed` (a fresh mapping is; a kept one is cleared). `None` when out of
+/// memory or the request cannot be represented.
+pub(crate) fn alloc_large(size: usize, align: usize, zeroed: bool) -> Option<NonNull<u8>> {
     let len = large_len(size)?;
-    let ptr = os::map_aligned(len, align)?;
+    let (ptr, len) = match large_cache::take(len, align) {
+        Some((ptr, kept_len)) => {
+            if zeroed {
+                // SAFETY: the kept block is a whole mapping of `kept_len >= len >= size`
+                // bytes that the cache handed over, unused by anyone else.
+                unsafe { ptr.as_ptr().write_bytes(0, size) };
+            }
+            (ptr, kept_len)
+        }
+        None => (os::map_aligned(len, align)?, len),
+    };
     if !pagemap::set(ptr, Entry::Large(len)) {
         // SAFETY: the mapping was just made and never handed out.
         unsafe { os::unmap(ptr, len) };
@@ -259,8 +279,12 @@ pub(crate) unsafe fn free_large(ptr: NonNull<u8>, len: usize) {
     // may be given the same address and record it.
     pagemap::set(ptr, Entry::None);
     LARGE_BYTES.fetch_sub(len, Ordering::Relaxed);
-    // SAFETY: the caller hands over the whole mapping.
-    unsafe { os::unmap(ptr, len) };
+    // SAFETY: the caller hands over the whole mapping, its pagemap entry now cleared.
+    if !unsafe { large_cache::keep(ptr, len) } {
+        // SAFETY: as above; the cache declined it.
+        unsafe { os::unmap(ptr, len) };
+    }
+    release::maybe_tick();
 }
 
 /// Resize a large allocation (page-aligned only) to `new_size` bytes with `mremap`, moving

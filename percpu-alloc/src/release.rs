@@ -7,8 +7,9 @@
 //! per-CPU caches through the membarrier stop protocol, see `front::drain_all`, and the
 //! transfer caches), then sweeps each class's list (`central::release_free_spans`) and
 //! hands the wholly free spans to the page heap, which releases their memory with
-//! `MADV_DONTNEED` and keeps the address range for reuse. Large allocations need none of
-//! this: they are unmapped when freed.
+//! `MADV_DONTNEED` and keeps the address range for reuse. Large allocations are unmapped
+//! when freed, or kept whole for reuse within a budget (see `large_cache`), which the clock
+//! and [`release_memory`] empty.
 //!
 //! The automatic release runs in the slow path that puts objects on a central list (a
 //! transfer cache overflowing): once the free bytes on the central lists exceed the
@@ -19,8 +20,8 @@
 //! freed; no background thread is needed. Free objects still in per-CPU and transfer caches
 //! (bounded: the per-CPU budget, and 128 objects per class) are not counted.
 //!
-//! The clock: every miss of a per-CPU cache (and every slow path of the stripe caches)
-//! reads a coarse monotonic clock, and the first one after each release interval (default
+//! The clock: every miss of a per-CPU cache (and every slow path of the stripe caches, and
+//! every free of a large block) reads a coarse monotonic clock, and the first one after each release interval (default
 //! one second) ticks, unless another thread is releasing:
 //!
 //! - the per-CPU caches of every slot that had no miss since the previous tick are drained
@@ -29,13 +30,14 @@
 //!   too (the process is calming down);
 //! - the stripe caches are drained;
 //! - the central lists are swept when their free bytes grew by at least 1 MiB since the
-//!   previous tick's sweep left them.
+//!   previous tick's sweep left them;
+//! - the freed large blocks kept for reuse since before the previous tick are unmapped.
 //!
 //! So a process whose allocation rate falls shrinks within an interval or two of its next
 //! slow path. One that stops allocating altogether keeps what it had until it allocates
 //! again or calls [`release_memory`]: nothing runs without an application thread.
 use crate::spin::SpinLock;
-use crate::{central, fork, front, os, stripe_cache, transfer};
+use crate::{central, fork, front, large_cache, os, stripe_cache, transfer};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
@@ -56,7 +58,10 @@ static NEXT_SWEEP: AtomicUsize = AtomicUsize::new(0);
 /// caches to the central lists, then releases every span of small objects that is wholly
 /// free with `madvise(MADV_DONTNEED)` (the process's resident set falls at once; see the
 /// crate docs for why not `MADV_FREE`). The spans stay mapped and are reused by later
-/// allocations.
+/// allocations. The freed large blocks kept for reuse (see [`set_large_cache_bytes`]) are
+/// unmapped, and count in the bytes returned.
+///
+/// [`set_large_cache_bytes`]: crate::set_large_cache_bytes
 ///
 /// The per-CPU caches of other CPUs are drained with the membarrier fence protocol; where
 /// the kernel has no `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ` they stay as they are (at
@@ -70,7 +75,7 @@ pub fn release_memory() -> usize {
         stripe_cache::drain(class);
         transfer::drain(class);
     }
-    let released = sweep();
+    let released = sweep() + large_cache::release_all();
     NEXT_SWEEP.store(0, Ordering::Relaxed);
     LEFT_BY_TICK.store(central::free_bytes(), Ordering::Relaxed);
     released
@@ -287,6 +292,7 @@ fn tick() {
     } else if free < left {
         LEFT_BY_TICK.store(free, Ordering::Relaxed);
     }
+    large_cache::tick();
 }
 
 /// Take the release lock and keep it (the fork `prepare` handler; first in the order).
