@@ -166,6 +166,26 @@ fn caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, Option<Shar
     if base.is_null() {
         base = set_up_regions()?;
     }
+    Some(caches_at(base, class))
+}
+
+/// [`caches`] for the fast paths: `None` also while the regions are not set up (the slow
+/// paths set them up), so that the fast paths call nothing but in tail position and need
+/// no registers saved.
+#[inline(always)]
+fn caches_if_ready(
+    class: usize,
+) -> Option<(SlotArray<'static, BoundedStack>, Option<SharedSection>)> {
+    let base = REGIONS.base.load(Ordering::Acquire);
+    (!base.is_null()).then(|| caches_at(base, class))
+}
+
+/// The caches of `class` in the published regions at `base`.
+#[inline(always)]
+fn caches_at(
+    base: *mut u8,
+    class: usize,
+) -> (SlotArray<'static, BoundedStack>, Option<SharedSection>) {
     // SAFETY: `base` is non-null, so `init` published it after writing `shared` (acquired
     // above, or by `set_up_regions`); nothing writes `shared` again.
     let shared = unsafe { *REGIONS.shared.get() };
@@ -177,7 +197,7 @@ fn caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, Option<Shar
         let first = NonNull::new_unchecked(base.add(class * HEADER_BYTES)).cast::<BoundedStack>();
         SlotArray::from_raw_parts(first, STRIDE, REGIONS.slots.load(Ordering::Relaxed))
     };
-    Some((stacks, shared))
+    (stacks, shared)
 }
 
 /// The regions' base once they are ready: sets them up on the first call; `None` while
@@ -254,26 +274,51 @@ fn grow_on_miss(index: usize, class: usize) -> usize {
 
 /// An object of `class`, or null when out of memory.
 ///
-/// The fast path is one pop; retries, refills and the no-CPU path are out of line, so this
-/// function needs few registers (little to save and restore on every call). Not
-/// `#[inline]`: compiled in this crate, its statics are addressed directly rather than
-/// through the global offset table.
+/// The fast path is one pop on the process-wide section (glibc's registration); the pop on
+/// this thread's own registration, retries, refills and the no-CPU path are out of line,
+/// each called in tail position, so this function saves no registers. Not `#[inline]`:
+/// compiled in this crate, its statics are addressed directly rather than through the
+/// global offset table.
 pub(crate) fn alloc(class: usize) -> *mut u8 {
-    if let Some((stacks, shared)) = caches(class) {
-        // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an
-        // array of 8-byte words in the same live mapping, touched only by these operations
-        // and atomic loads. The shared section is the same rseq area `BACKEND` would use.
-        let popped = unsafe {
-            match shared {
-                Some(section) => section.pop_word(stacks),
-                None => BACKEND.pop_word(stacks),
-            }
-        };
-        if let Outcome::Completed {
+    let Some((stacks, shared)) = caches_if_ready(class) else {
+        core::hint::cold_path();
+        return alloc_slow(class);
+    };
+    let Some(section) = shared else {
+        return alloc_on_own_registration(class);
+    };
+    // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an array of
+    // 8-byte words in the same live mapping, touched only by these operations and atomic
+    // loads. The shared section is the same rseq area `BACKEND` would use.
+    let popped = unsafe { section.pop_word(stacks) };
+    if let Some(object) = popped_object(popped) {
+        return object;
+    }
+    core::hint::cold_path();
+    alloc_slow(class)
+}
+
+/// The object a pop handed out, if it did.
+#[inline(always)]
+fn popped_object(popped: Outcome<Option<*mut u8>>) -> Option<*mut u8> {
+    match popped {
+        Outcome::Completed {
             value: Some(object),
             ..
-        } = popped
-        {
+        } => Some(object),
+        _ => None,
+    }
+}
+
+/// [`alloc`] when there is no process-wide section: the pop through `BACKEND`, whose
+/// lookup of this thread's rseq area may call out (to register it). Takes only the class
+/// (the stacks would be passed through memory) and finds the stacks again.
+#[inline(never)]
+fn alloc_on_own_registration(class: usize) -> *mut u8 {
+    if let Some((stacks, _)) = caches_if_ready(class) {
+        // SAFETY: as in `alloc`.
+        let popped = unsafe { BACKEND.pop_word(stacks) };
+        if let Some(object) = popped_object(popped) {
             return object;
         }
     }
@@ -336,14 +381,34 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) ->
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once.
 pub(crate) unsafe fn free(class: usize, object: *mut u8) {
-    if let Some((stacks, shared)) = caches(class) {
+    let Some((stacks, shared)) = caches_if_ready(class) else {
+        core::hint::cold_path();
+        // SAFETY: forwarded from the caller.
+        return unsafe { free_slow(class, object) };
+    };
+    let Some(section) = shared else {
+        // SAFETY: forwarded from the caller.
+        return unsafe { free_on_own_registration(class, object) };
+    };
+    // SAFETY: as in `alloc`; the caller hands over the object.
+    let pushed = unsafe { section.push_word(stacks, object) };
+    if let Outcome::Completed { value: Ok(()), .. } = pushed {
+        return;
+    }
+    core::hint::cold_path();
+    // SAFETY: forwarded from the caller (the push above did not take the object).
+    unsafe { free_slow(class, object) }
+}
+
+/// [`free`] when there is no process-wide section (see [`alloc_on_own_registration`]).
+///
+/// # Safety
+/// As for [`free`].
+#[inline(never)]
+unsafe fn free_on_own_registration(class: usize, object: *mut u8) {
+    if let Some((stacks, _)) = caches_if_ready(class) {
         // SAFETY: as in `alloc`; the caller hands over the object.
-        let pushed = unsafe {
-            match shared {
-                Some(section) => section.push_word(stacks, object),
-                None => BACKEND.push_word(stacks, object),
-            }
-        };
+        let pushed = unsafe { BACKEND.push_word(stacks, object) };
         if let Outcome::Completed { value: Ok(()), .. } = pushed {
             return;
         }
