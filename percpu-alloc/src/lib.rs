@@ -37,7 +37,8 @@
 //!   budget a missing class takes room other classes of that CPU leave unused. So a CPU
 //!   caches what its threads use, and the per-CPU total stays bounded.
 //! - **Middle** (`transfer`, `central`): per class a transfer cache (a fixed array of
-//!   pointers under a spin lock) that moves batches between CPUs, backed by a central free
+//!   pointers under a spin lock, up to 1024 objects or 1 MiB) that moves batches between
+//!   CPUs, backed by a central free
 //!   list (objects linked through their first word, plus a bump range over the newest span
 //!   so fresh spans are never touched before use). Threads without a CPU keep a small
 //!   stack per class on their stripe (`stripe_cache`) in front of the transfer cache.

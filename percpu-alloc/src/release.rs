@@ -18,7 +18,7 @@
 //! unasked). So at most about `threshold` bytes of central free memory build up between
 //! sweeps, and a sweep's cost (sorting the free lists) is paid once per `threshold` bytes
 //! freed; no background thread is needed. Free objects still in per-CPU and transfer caches
-//! (bounded: the per-CPU budget, and 128 objects per class) are not counted.
+//! (bounded: the per-CPU budget, and up to 1 MiB or 1024 objects per class) are not counted.
 //!
 //! The clock: every miss of a per-CPU cache (and every slow path of the stripe caches, and
 //! every free of a large block) reads a coarse monotonic clock, and the first one after each release interval (default

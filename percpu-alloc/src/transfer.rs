@@ -10,11 +10,22 @@
 use crate::central;
 use crate::fork;
 use crate::release;
-use crate::size_class::NUM_CLASSES;
+use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
 
-/// Objects each class's transfer cache holds.
-const CAPACITY: usize = 128;
+/// Room for objects in each class's transfer cache: many batches of small objects, so a
+/// burst that overflows a CPU's cache moves through arrays rather than the central list's
+/// links (each link a likely cache miss under the central lock).
+const CAPACITY: usize = 1024;
+/// The bytes each class's transfer cache may hold (at least two batches): large objects
+/// get few places, small ones up to [`CAPACITY`].
+const LIMIT_BYTES: usize = 1 << 20;
+
+/// Objects the transfer cache of `class` holds at most.
+fn limit(class: usize) -> usize {
+    let info = &CLASSES[class];
+    (LIMIT_BYTES / info.size).clamp(2 * info.batch, CAPACITY)
+}
 
 struct Transfer {
     items: [*mut u8; CAPACITY],
@@ -57,7 +68,7 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
     {
         let mut cache = TRANSFER[class].lock();
         let len = cache.len;
-        if len + items.len() <= CAPACITY {
+        if len + items.len() <= limit(class) {
             cache.items[len..len + items.len()].copy_from_slice(items);
             cache.len = len + items.len();
             return;
