@@ -261,7 +261,8 @@ pub(crate) fn alloc_large(size: usize, align: usize, zeroed: bool) -> Option<Non
         None => (os::map_aligned(len, align)?, len),
     };
     if !pagemap::set(ptr, Entry::Large(len)) {
-        // SAFETY: the mapping was just made and never handed out.
+        // SAFETY: the whole mapping of `len` bytes (fresh, or the cache's) was never handed
+        // out.
         unsafe { os::unmap(ptr, len) };
         return None;
     }
