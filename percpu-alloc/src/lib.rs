@@ -38,10 +38,10 @@
 //!   caches what its threads use, and the per-CPU total stays bounded.
 //! - **Middle** (`transfer`, `central`): per class a transfer cache (a fixed array of
 //!   pointers under a spin lock, up to 1024 objects or 1 MiB) that moves batches between
-//!   CPUs, backed by a central free
-//!   list (objects linked through their first word, plus a bump range over the newest span
-//!   so fresh spans are never touched before use). Threads without a CPU keep a small
-//!   stack per class on their stripe (`stripe_cache`) in front of the transfer cache.
+//!   CPUs, backed by a central free list (objects linked through their first word, plus a
+//!   bump range over the newest span so fresh spans are never touched before use).
+//!   Threads without a CPU keep a small stack per class on their stripe (`stripe_cache`)
+//!   in front of the transfer cache.
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
 //!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
 //!   size class (small spans) or mapped length (large allocations), so a block can be
@@ -102,9 +102,10 @@
 //! first cache miss drains the per-CPU caches of every CPU that had no miss since the
 //! previous tick (resetting their capacities), the stripe caches, and when a CPU was idle
 //! the transfer caches, then releases the wholly free spans if the central lists grew by a
-//! MiB since, and unmaps the large blocks kept since before the previous tick. A process whose allocation rate falls thus shrinks within a second or two of
-//! its next miss; one that stops allocating keeps its memory until it allocates again or
-//! calls [`release_memory`].
+//! MiB since, and unmaps the large blocks kept since before the previous tick. A process
+//! whose allocation rate falls thus shrinks within a second or two of its next miss; one
+//! that stops allocating keeps its memory until it allocates again or calls
+//! [`release_memory`].
 //!
 //! # Fork
 //!

@@ -111,7 +111,8 @@ static HEAP: SpinLock<Heap> = SpinLock::new(Heap {
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of spans on the free lists (mapped, not resident).
 static FREE_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Bytes given back to the system with `MADV_DONTNEED` since the process started.
+/// Bytes given back to the system since the process started: spans with `MADV_DONTNEED`,
+/// and the large blocks the cache kept and then unmapped (see [`count_released`]).
 static RELEASED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Count `bytes` of resident memory given back to the system some other way than

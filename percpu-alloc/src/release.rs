@@ -21,8 +21,8 @@
 //! (bounded: the per-CPU budget, and up to 1 MiB or 1024 objects per class) are not counted.
 //!
 //! The clock: every miss of a per-CPU cache (and every slow path of the stripe caches, and
-//! every free of a large block) reads a coarse monotonic clock, and the first one after each release interval (default
-//! one second) ticks, unless another thread is releasing:
+//! every free of a large block) reads a coarse monotonic clock, and the first one after
+//! each release interval (default one second) ticks, unless another thread is releasing:
 //!
 //! - the per-CPU caches of every slot that had no miss since the previous tick are drained
 //!   (membarrier fences, as [`release_memory`] does) and their capacities reset, so a CPU
