@@ -153,51 +153,50 @@ fn init() {
     STATE.store(READY, Ordering::Release);
 }
 
-/// The stacks of `class` on every slot, or `None` when the caches are not (yet) available.
+/// The stacks of `class` on every slot, or `None` when the caches are not (yet) available;
+/// sets the regions up on the first call (the slow paths' way in).
 #[inline(always)]
 fn stacks(class: usize) -> Option<SlotArray<'static, BoundedStack>> {
-    caches(class).map(|(stacks, _)| stacks)
+    let base = match ready_base() {
+        Some(base) => base,
+        None => set_up_regions()?,
+    };
+    Some(stacks_at(base, class))
 }
 
-/// [`stacks`], and the process-wide section when there is one.
+/// The regions' base if they are published, without setting them up: the fast paths leave
+/// that to the slow paths, so that they call nothing but in tail position and need no
+/// registers saved.
 #[inline(always)]
-fn caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, Option<SharedSection>)> {
-    let mut base = REGIONS.base.load(Ordering::Acquire);
-    if base.is_null() {
-        base = set_up_regions()?;
-    }
-    Some(caches_at(base, class))
+fn ready_base() -> Option<*mut u8> {
+    let base = REGIONS.base.load(Ordering::Acquire);
+    (!base.is_null()).then_some(base)
 }
 
-/// [`caches`] for the fast paths: `None` also while the regions are not set up (the slow
-/// paths set them up), so that the fast paths call nothing but in tail position and need
-/// no registers saved.
+/// The stacks of `class`, and the process-wide section when there is one, if the regions
+/// are published (the fast paths).
 #[inline(always)]
 fn caches_if_ready(
     class: usize,
 ) -> Option<(SlotArray<'static, BoundedStack>, Option<SharedSection>)> {
-    let base = REGIONS.base.load(Ordering::Acquire);
-    (!base.is_null()).then(|| caches_at(base, class))
+    let base = ready_base()?;
+    // SAFETY: `base` is non-null, so `init` published it after writing `shared` (acquired
+    // by `ready_base`); nothing writes `shared` again.
+    let shared = unsafe { *REGIONS.shared.get() };
+    Some((stacks_at(base, class), shared))
 }
 
-/// The caches of `class` in the published regions at `base`.
+/// The stacks of `class` in the regions published at `base`.
 #[inline(always)]
-fn caches_at(
-    base: *mut u8,
-    class: usize,
-) -> (SlotArray<'static, BoundedStack>, Option<SharedSection>) {
-    // SAFETY: `base` is non-null, so `init` published it after writing `shared` (acquired
-    // above, or by `set_up_regions`); nothing writes `shared` again.
-    let shared = unsafe { *REGIONS.shared.get() };
+fn stacks_at(base: *mut u8, class: usize) -> SlotArray<'static, BoundedStack> {
     // SAFETY: a non-null base was published with release after `slots` was stored and every
-    // header initialised (acquired above, or by `set_up_regions`), and the regions are never
-    // unmapped; header `class` of slot `c` is at `base + c * STRIDE + class * HEADER_BYTES`, a
-    // live, aligned `BoundedStack` used only through atomics.
-    let stacks = unsafe {
+    // header initialised (acquired by `ready_base` or `set_up_regions`), and the regions are
+    // never unmapped; header `class` of slot `c` is at `base + c * STRIDE + class *
+    // HEADER_BYTES`, a live, aligned `BoundedStack` used only through atomics.
+    unsafe {
         let first = NonNull::new_unchecked(base.add(class * HEADER_BYTES)).cast::<BoundedStack>();
         SlotArray::from_raw_parts(first, STRIDE, REGIONS.slots.load(Ordering::Relaxed))
-    };
-    (stacks, shared)
+    }
 }
 
 /// The regions' base once they are ready: sets them up on the first call; `None` while
@@ -208,8 +207,7 @@ fn set_up_regions() -> Option<*mut u8> {
     if STATE.load(Ordering::Acquire) == UNINIT {
         init();
     }
-    let base = REGIONS.base.load(Ordering::Acquire);
-    (!base.is_null()).then_some(base)
+    ready_base()
 }
 
 /// One slot's region, once the regions are published: its headers, its [`SlotMeta`] and
@@ -315,7 +313,8 @@ fn popped_object(popped: Outcome<Option<*mut u8>>) -> Option<*mut u8> {
 /// (the stacks would be passed through memory) and finds the stacks again.
 #[inline(never)]
 fn alloc_on_own_registration(class: usize) -> *mut u8 {
-    if let Some((stacks, _)) = caches_if_ready(class) {
+    if let Some(base) = ready_base() {
+        let stacks = stacks_at(base, class);
         // SAFETY: as in `alloc`.
         let popped = unsafe { BACKEND.pop_word(stacks) };
         if let Some(object) = popped_object(popped) {
@@ -406,7 +405,8 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8) {
 /// As for [`free`].
 #[inline(never)]
 unsafe fn free_on_own_registration(class: usize, object: *mut u8) {
-    if let Some((stacks, _)) = caches_if_ready(class) {
+    if let Some(base) = ready_base() {
+        let stacks = stacks_at(base, class);
         // SAFETY: as in `alloc`; the caller hands over the object.
         let pushed = unsafe { BACKEND.push_word(stacks, object) };
         if let Outcome::Completed { value: Ok(()), .. } = pushed {

@@ -35,8 +35,6 @@ const DEFAULT_BUDGET: usize = 32 << 20;
 
 /// The budget in bytes, [`release::UNREAD`] until read.
 static BUDGET: AtomicUsize = AtomicUsize::new(release::UNREAD);
-/// Bytes kept now (a snapshot for the statistics).
-static KEPT_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The release clock's ticks seen, which date the kept blocks.
 static TICKS: AtomicUsize = AtomicUsize::new(0);
 
@@ -116,7 +114,6 @@ impl Table {
         self.count -= 1;
         self.blocks[index] = self.blocks[self.count];
         self.bytes -= block.len;
-        KEPT_BYTES.store(self.bytes, Ordering::Relaxed);
         block
     }
 
@@ -173,7 +170,7 @@ pub fn large_cache_bytes() -> usize {
 
 /// Bytes of large blocks kept now.
 pub(crate) fn kept_bytes() -> usize {
-    KEPT_BYTES.load(Ordering::Relaxed)
+    TABLE.lock().bytes
 }
 
 /// A kept block for a large request of `len` bytes (a page multiple) aligned to `align`:
@@ -223,7 +220,6 @@ pub(crate) unsafe fn keep(ptr: NonNull<u8>, len: usize) -> bool {
             table.next_serial = table.next_serial.wrapping_add(1);
             table.count += 1;
             table.bytes += len;
-            KEPT_BYTES.store(table.bytes, Ordering::Relaxed);
         }
         room
     };
