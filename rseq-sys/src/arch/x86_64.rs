@@ -19,6 +19,11 @@
 //!
 //! No syscall and no store to a kernel-owned field happens inside a section. The status is
 //! 0 = completed, 1 = aborted, 2 = no CPU, 3 = declined.
+//!
+//! Registers are scarce: a section that needs more than the nine caller-saved ones makes
+//! every caller save and restore callee-saved registers around it, on the allocator's fast
+//! path too. So dead inputs carry results: the status leaves in `len`'s register, and the
+//! slot (or header) address is computed in the register that brought the stride in.
 
 use crate::abi::RseqArea;
 use core::arch::asm;
@@ -37,7 +42,9 @@ macro_rules! critical_section {
         status: $status:ident,
         body: [$($body:literal),* $(,)?],
         $($operands:tt)*
-    ) => {
+    ) => {{
+        // `len` is dead once checked, so its register carries the status out.
+        let status_word: usize;
         asm!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -56,30 +63,30 @@ macro_rules! critical_section {
             "jae 6f",
             $($body,)*
             "3:",
-            "xor {status:e}, {status:e}",
+            "xor {len:e}, {len:e}",
             ".pushsection __rseq_failure, \"ax\"",
             ".byte 0x0f, 0xb9, 0x3d",
             ".long 0x53053053",
             "5:",
-            "mov {status:e}, 1",
+            "mov {len:e}, 1",
             "jmp 8f",
             "6:",
-            "mov {status:e}, 2",
+            "mov {len:e}, 2",
             "jmp 8f",
             "7:",
-            "mov {status:e}, 3",
+            "mov {len:e}, 3",
             "jmp 8f",
             ".popsection",
             "8:",
             area = in(reg) $area,
             index = in(reg) $index,
-            len = in(reg) $len,
+            len = inout(reg) $len => status_word,
             cpu = out(reg) $cpu,
-            status = out(reg) $status,
             $($operands)*
             options(nostack),
-        )
-    };
+        );
+        $status = status_word as u32;
+    }};
 }
 
 /// Where a critical section runs, as offsets from the thread pointer: the thread's area and
@@ -173,14 +180,12 @@ pub(crate) unsafe fn add(section: Section, slots: Slots, value: u64) -> (u32, us
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {slot}, {cpu}",
-                "imul {slot}, {stride}",
+                "imul {slot}, {cpu}",
                 "add qword ptr [{base} + {slot}], {value}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
             value = in(reg) value,
-            slot = out(reg) _,
+            slot = inout(reg) slots.stride => _,
         );
     }
     (status, cpu)
@@ -206,8 +211,7 @@ pub(crate) unsafe fn compare_and_store(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {slot}, {cpu}",
-                "imul {slot}, {stride}",
+                "imul {slot}, {cpu}",
                 "add {slot}, {base}",
                 "mov {seen}, qword ptr [{slot}]",
                 "cmp {seen}, {expected}",
@@ -215,10 +219,9 @@ pub(crate) unsafe fn compare_and_store(
                 "mov qword ptr [{slot}], {new}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
             expected = in(reg) expected,
             new = in(reg) new,
-            slot = out(reg) _,
+            slot = inout(reg) slots.stride => _,
             seen = out(reg) seen,
         );
     }
@@ -248,8 +251,7 @@ pub(crate) unsafe fn pop_linked(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {slot}, {cpu}",
-                "imul {slot}, {stride}",
+                "imul {slot}, {cpu}",
                 "add {slot}, {base}",
                 "mov {head}, qword ptr [{slot}]",
                 "test {head}, {head}",
@@ -260,9 +262,8 @@ pub(crate) unsafe fn pop_linked(
                 "mov qword ptr [{slot}], {next}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
             next_offset = in(reg) next_offset,
-            slot = out(reg) _,
+            slot = inout(reg) slots.stride => _,
             head = out(reg) head,
             next = out(reg) _,
         );
@@ -295,8 +296,7 @@ pub(crate) unsafe fn push_linked(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {slot}, {cpu}",
-                "imul {slot}, {stride}",
+                "imul {slot}, {cpu}",
                 "add {slot}, {base}",
                 "mov {head}, qword ptr [{slot}]",
                 "test {head}, 1",
@@ -305,10 +305,9 @@ pub(crate) unsafe fn push_linked(
                 "mov qword ptr [{slot}], {node}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
             node = in(reg) node,
             next_offset = in(reg) next_offset,
-            slot = out(reg) _,
+            slot = inout(reg) slots.stride => _,
             head = out(reg) head,
         );
     }
@@ -339,8 +338,7 @@ pub(crate) unsafe fn push_copy(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {header}, {cpu}",
-                "imul {header}, {stride}",
+                "imul {header}, {cpu}",
                 "add {header}, {base}",
                 "mov rdi, qword ptr [{header}]",
                 "lea {end}, [rdi + rcx]",
@@ -350,8 +348,7 @@ pub(crate) unsafe fn push_copy(
                 "mov qword ptr [{header}], rdi",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
-            header = out(reg) _,
+            header = inout(reg) slots.stride => _,
             end = out(reg) _,
             inout("rsi") src => _,
             inout("rcx") size => _,
@@ -383,8 +380,7 @@ pub(crate) unsafe fn pop_copy(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {header}, {cpu}",
-                "imul {header}, {stride}",
+                "imul {header}, {cpu}",
                 "add {header}, {base}",
                 "mov {top}, qword ptr [{header}]",
                 "sub {top}, rcx",
@@ -396,8 +392,7 @@ pub(crate) unsafe fn pop_copy(
                 "mov qword ptr [{header}], {top}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
-            header = out(reg) _,
+            header = inout(reg) slots.stride => _,
             top = out(reg) _,
             inout("rdi") dst => _,
             inout("rcx") size => _,
@@ -423,8 +418,7 @@ pub(crate) unsafe fn push_word(section: Section, slots: Slots, item: *mut u8) ->
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {header}, {cpu}",
-                "imul {header}, {stride}",
+                "imul {header}, {cpu}",
                 "add {header}, {base}",
                 "mov {top}, qword ptr [{header}]",
                 "cmp {top}, qword ptr [{header} + 8]",
@@ -434,9 +428,8 @@ pub(crate) unsafe fn push_word(section: Section, slots: Slots, item: *mut u8) ->
                 "mov qword ptr [{header}], {top}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
             item = in(reg) item,
-            header = out(reg) _,
+            header = inout(reg) slots.stride => _,
             top = out(reg) _,
         );
     }
@@ -460,8 +453,7 @@ pub(crate) unsafe fn pop_word(section: Section, slots: Slots) -> (u32, usize, *m
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
-                "mov {header}, {cpu}",
-                "imul {header}, {stride}",
+                "imul {header}, {cpu}",
                 "add {header}, {base}",
                 "mov {top}, qword ptr [{header}]",
                 "cmp {top}, qword ptr [{header} + 16]",
@@ -471,8 +463,7 @@ pub(crate) unsafe fn pop_word(section: Section, slots: Slots) -> (u32, usize, *m
                 "mov qword ptr [{header}], {top}",
             ],
             base = in(reg) slots.base,
-            stride = in(reg) slots.stride,
-            header = out(reg) _,
+            header = inout(reg) slots.stride => _,
             top = out(reg) _,
             item = out(reg) item,
         );
