@@ -38,8 +38,9 @@
 //!   caches what its threads use, and the per-CPU total stays bounded.
 //! - **Middle** (`transfer`, `central`): per class a transfer cache (a fixed array of
 //!   pointers under a spin lock, up to 1024 objects or 1 MiB) that moves batches between
-//!   CPUs, backed by a central free list (objects linked through their first word, plus a
-//!   bump range over the newest span so fresh spans are never touched before use).
+//!   CPUs, backed by a central free list (a stack of object addresses in its own mapping,
+//!   so moving a batch never touches the objects, plus a bump range over the newest span
+//!   so fresh spans are never touched before use).
 //!   Threads without a CPU keep a small stack per class on their stripe (`stripe_cache`)
 //!   in front of the transfer cache.
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
