@@ -75,8 +75,8 @@ const fn build_classes() -> [Class; NUM_CLASSES] {
             SPAN_ALIGN
         };
         let span_bytes = want.div_ceil(SPAN_ALIGN) * SPAN_ALIGN;
-        // About 128 KiB per class per CPU, between 2 and 256 objects.
-        let cpu_capacity = clamp(128 * 1024 / size, 2, 256);
+        // About 128 KiB per class per CPU, between 2 and 2048 objects.
+        let cpu_capacity = clamp(128 * 1024 / size, 2, 2048);
         let batch = clamp(cpu_capacity / 4, 1, 32);
         out[i] = Class {
             size,
