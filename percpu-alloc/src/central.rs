@@ -174,7 +174,7 @@ impl Central {
         }
         while !self.overflow.is_null() {
             let object = self.overflow;
-            // SAFETY: as in `remove`: an overflow object's first word is its link.
+            // SAFETY: as in `take_free`: an overflow object's first word is its link.
             self.overflow = unsafe { object.cast::<*mut u8>().read() };
             // SAFETY: `reserve` made room for every overflow object.
             unsafe { self.stack.add(self.len).write(object) };
@@ -292,8 +292,8 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
     let spans = unsafe {
         core::slice::from_raw_parts_mut(scratch.as_ptr().cast::<*mut u8>(), most_released)
     };
-    // SAFETY: `stack[..n]` holds the pointers `insert` wrote, in the list's own mapping,
-    // which only this lock holder uses while the slice lives.
+    // SAFETY: `stack[..n]` holds the pointers `put` and `absorb_overflow` wrote, in the
+    // list's own mapping, which only this lock holder uses while the slice lives.
     let objects = unsafe { core::slice::from_raw_parts_mut(list.stack, n) };
     objects.sort_unstable_by(|a, b| b.cmp(a));
     let mut released_spans = 0;

@@ -126,6 +126,7 @@ mod central;
 mod fork;
 mod front;
 mod large_cache;
+mod object_stack;
 mod os;
 mod page_heap;
 mod pagemap;

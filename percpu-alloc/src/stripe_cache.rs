@@ -13,10 +13,11 @@
 //! Like the transfer cache, an entry never holds its lock while calling anything else, so
 //! no two locks of this allocator are ever held together from here.
 
+use crate::object_stack::{self, ObjectStack};
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
 use crate::transfer;
-use crate::{central, fork, release};
+use crate::{fork, release};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The most stripes kept; with more CPUs, threads share stripes (still this many ways).
@@ -31,26 +32,14 @@ fn limit(class: usize) -> usize {
     (2 * CLASSES[class].batch).clamp(2, CAPACITY)
 }
 
-struct Stack {
-    len: usize,
-    items: [*mut u8; CAPACITY],
-}
+type Stack = ObjectStack<CAPACITY>;
 
 /// One class's stack of one stripe, alone in its 128 bytes so stripes share no line.
 #[repr(align(128))]
 struct Entry(SpinLock<Stack>);
 
-// SAFETY: the pointers are free objects owned by the stack, used only under its lock.
-unsafe impl Send for Stack {}
-
-static STRIPES: [[Entry; NUM_CLASSES]; MAX_STRIPES] = [const {
-    [const {
-        Entry(SpinLock::new(Stack {
-            len: 0,
-            items: [core::ptr::null_mut(); CAPACITY],
-        }))
-    }; NUM_CLASSES]
-}; MAX_STRIPES];
+static STRIPES: [[Entry; NUM_CLASSES]; MAX_STRIPES] =
+    [const { [const { Entry(SpinLock::new(Stack::EMPTY)) }; NUM_CLASSES] }; MAX_STRIPES];
 
 /// The stripes in use (a power of two), or 0 before the first use has counted the CPUs.
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -72,12 +61,8 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
     // Every path that takes a lock registers the fork handlers first, holding none.
     fork::ensure_registered();
     let entry = entry(class);
-    {
-        let mut stack = entry.lock();
-        if stack.len > 0 {
-            stack.len -= 1;
-            return stack.items[stack.len];
-        }
+    if let Some(object) = entry.lock().pop() {
+        return object;
     }
     // Half a stack's worth: one to hand out, the rest for the next allocations.
     let mut batch = [core::ptr::null_mut(); CAPACITY / 2 + 1];
@@ -87,14 +72,7 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     let rest = &batch[1..got];
-    let kept = {
-        let mut stack = entry.lock();
-        let len = stack.len;
-        let kept = rest.len().min(limit(class).saturating_sub(len));
-        stack.items[len..len + kept].copy_from_slice(&rest[..kept]);
-        stack.len = len + kept;
-        kept
-    };
+    let kept = entry.lock().push_up_to(rest, limit(class));
     if kept < rest.len() {
         // Another thread of this stripe filled the stack meanwhile.
         // SAFETY: these objects are free and on no list since `remove` returned them.
@@ -113,22 +91,17 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8) {
     let mut overflow = [core::ptr::null_mut(); CAPACITY + 1];
     let n = {
         let mut stack = entry(class).lock();
-        let len = stack.len;
-        if len < limit {
-            stack.items[len] = object;
-            stack.len = len + 1;
+        if stack.push(object, limit) {
             return;
         }
-        let keep = limit / 2;
         // Full: the newer half goes on with `object`, in the order freed. Keeping the older
         // half and passing runs of consecutive frees along keeps objects freed together
         // together, so whole spans come free for a release sweep (handing on the older half
         // interleaved the caches' objects with the central list's: tests/release.rs in
         // fallback mode kept 12-15 MiB more of fragmented spans).
-        overflow[..len - keep].copy_from_slice(&stack.items[keep..len]);
-        stack.len = keep;
-        overflow[len - keep] = object;
-        len - keep + 1
+        let n = stack.split_off(limit / 2, &mut overflow);
+        overflow[n] = object;
+        n + 1
     };
     // SAFETY: `object` from the caller; the others were free in this stack and are now
     // only in `overflow`.
@@ -148,17 +121,8 @@ pub(crate) fn drain(class: usize) {
         reason = "an iterator borrows each stripe's whole array"
     )]
     for stripe in 0..IN_USE.load(Ordering::Relaxed) {
-        let mut stack = STRIPES[stripe][class].0.lock();
-        let n = stack.len;
-        if n == 0 {
-            continue;
-        }
-        let mut items = [core::ptr::null_mut(); CAPACITY];
-        items[..n].copy_from_slice(&stack.items[..n]);
-        stack.len = 0;
-        drop(stack);
-        // SAFETY: the objects were free in this stack and are now only in `items`.
-        unsafe { central::insert(class, &items[..n]) };
+        // SAFETY: a stripe's stack holds only free objects of `class`, on no other list.
+        unsafe { object_stack::drain_to_central(&STRIPES[stripe][class].0, class) };
     }
 }
 
@@ -166,7 +130,7 @@ pub(crate) fn drain(class: usize) {
 pub(crate) fn count(class: usize) -> usize {
     STRIPES
         .iter()
-        .map(|stripe| stripe[class].0.lock().len)
+        .map(|stripe| stripe[class].0.lock().len())
         .sum()
 }
 

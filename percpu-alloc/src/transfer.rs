@@ -3,19 +3,20 @@
 //!
 //! A fixed array of object pointers under a spin lock: a CPU cache that overflows hands a
 //! batch here, one that runs dry takes a batch from here, so objects freed on one CPU reach
-//! another without walking the central list's links. When the array is full the batch goes
+//! another without taking the central list's lock. When the array is full the batch goes
 //! on to the central list; when it is empty the request goes to the central list. Threads
 //! with no CPU (see the crate docs) come here in batches too, from their stripe caches.
 
 use crate::central;
 use crate::fork;
+use crate::object_stack::{self, ObjectStack};
 use crate::release;
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
 
 /// Room for objects in each class's transfer cache: many batches of small objects, so a
-/// burst that overflows a CPU's cache moves through arrays rather than the central list's
-/// links (each link a likely cache miss under the central lock).
+/// burst that overflows a CPU's cache moves through this array, under a lock per class,
+/// rather than through the central list.
 const CAPACITY: usize = 1024;
 /// The bytes each class's transfer cache may hold (at least two batches): large objects
 /// get few places, small ones up to [`CAPACITY`].
@@ -27,34 +28,16 @@ fn limit(class: usize) -> usize {
     (LIMIT_BYTES / info.size).clamp(2 * info.batch, CAPACITY)
 }
 
-struct Transfer {
-    items: [*mut u8; CAPACITY],
-    len: usize,
-}
-
-// SAFETY: the pointers are free objects owned by the cache, used only under its lock.
-unsafe impl Send for Transfer {}
-
-static TRANSFER: [SpinLock<Transfer>; NUM_CLASSES] = [const {
-    SpinLock::new(Transfer {
-        items: [core::ptr::null_mut(); CAPACITY],
-        len: 0,
-    })
-}; NUM_CLASSES];
+static TRANSFER: [SpinLock<ObjectStack<CAPACITY>>; NUM_CLASSES] =
+    [const { SpinLock::new(ObjectStack::EMPTY) }; NUM_CLASSES];
 
 /// Fill `out` with free objects of `class`; returns how many (0 only when out of memory).
 pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
     // Every path that takes a lock comes through here or `insert` first, holding none.
     fork::ensure_registered();
-    {
-        let mut cache = TRANSFER[class].lock();
-        let n = cache.len.min(out.len());
-        if n > 0 {
-            let from = cache.len - n;
-            out[..n].copy_from_slice(&cache.items[from..cache.len]);
-            cache.len = from;
-            return n;
-        }
+    let n = TRANSFER[class].lock().pop_into(out);
+    if n > 0 {
+        return n;
     }
     central::remove(class, out)
 }
@@ -67,10 +50,9 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
     fork::ensure_registered();
     {
         let mut cache = TRANSFER[class].lock();
-        let len = cache.len;
-        if len + items.len() <= limit(class) {
-            cache.items[len..len + items.len()].copy_from_slice(items);
-            cache.len = len + items.len();
+        // All or nothing: a batch stays together on its way to the central list.
+        if cache.len() + items.len() <= limit(class) {
+            cache.push_up_to(items, CAPACITY);
             return;
         }
     }
@@ -83,17 +65,8 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
 
 /// Move every object of `class` held here to the central list (before a release sweep).
 pub(crate) fn drain(class: usize) {
-    let mut cache = TRANSFER[class].lock();
-    let n = cache.len;
-    if n == 0 {
-        return;
-    }
-    let mut items = [core::ptr::null_mut(); CAPACITY];
-    items[..n].copy_from_slice(&cache.items[..n]);
-    cache.len = 0;
-    drop(cache);
-    // SAFETY: the objects were free in this cache and are now only in `items`.
-    unsafe { central::insert(class, &items[..n]) };
+    // SAFETY: the transfer cache holds only free objects of `class`, on no other list.
+    unsafe { object_stack::drain_to_central(&TRANSFER[class], class) };
 }
 
 /// Take every class's lock and keep them, in class order (the fork `prepare` handler).
@@ -114,5 +87,5 @@ pub(crate) unsafe fn unlock_after_fork() {
 
 /// Objects of `class` held here.
 pub(crate) fn count(class: usize) -> usize {
-    TRANSFER[class].lock().len
+    TRANSFER[class].lock().len()
 }
