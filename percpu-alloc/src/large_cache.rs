@@ -198,15 +198,12 @@ pub(crate) fn take(len: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
 /// The block is a whole large mapping from [`os`], its pagemap entry cleared, and nothing
 /// uses it afterwards.
 pub(crate) unsafe fn keep(ptr: NonNull<u8>, len: usize) -> bool {
-    if len > large_cache_bytes() / 4 {
-        return false;
-    }
     let mut evicted = Evicted::new();
     let kept = {
         let mut table = TABLE.lock();
-        // Read again under the lock: `set_large_cache_bytes` stores the budget before it
-        // takes the lock to evict, so either this sees the new budget or that eviction
-        // runs after this block is in (with the budget read above, a block could stay
+        // Read under the lock: `set_large_cache_bytes` stores the budget before it takes
+        // the lock to evict, so either this sees the new budget or that eviction runs
+        // after this block is in (with the budget read before the lock, a block could stay
         // kept past a budget of 0 until the next tick).
         let budget = large_cache_bytes();
         if len > budget / 4 {
