@@ -66,3 +66,42 @@ built_binary() {
     [[ $(wc -l <<<"$binaries") -eq 1 ]] || fail "cargo $* built several binaries: $binaries"
     printf '%s' "$binaries"
 }
+
+# Runs jobs side by side, as many at once as the machine has CPUs. Each argument pair is a
+# stage name and a shell command (usually a function of the calling script, which background
+# subshells inherit). For single-threaded tools (Miri's interpreter, valgrind, which runs a
+# program's threads one at a time, libFuzzer) this is the difference between one busy core and
+# all of them. A job's output goes to its own log, printed whole when the job ends, so logs
+# never interleave; after every job has ended, fails naming each one that failed.
+# Jobs start in the order given: put the longest first.
+parallel_stages() {
+    (($# % 2 == 0)) || fail "parallel_stages takes pairs of stage name and command"
+    local -a names=() commands=() failed=()
+    local -A job_of_pid=()
+    local width logs next=0 running=0 finished status job
+    while (($#)); do
+        names+=("$1")
+        commands+=("$2")
+        shift 2
+    done
+    width=$(nproc)
+    logs=$(mktemp -d)
+    while ((next < ${#names[@]} || running > 0)); do
+        while ((running < width && next < ${#names[@]})); do
+            printf '\n--- started: %s (%ss since start)\n' "${names[next]}" "$(($(date +%s) - CI_START))"
+            (eval "${commands[next]}") >"$logs/$next.log" 2>&1 &
+            job_of_pid[$!]=$next
+            next=$((next + 1))
+            running=$((running + 1))
+        done
+        status=0
+        wait -n -p finished || status=$?
+        job=${job_of_pid[$finished]}
+        running=$((running - 1))
+        stage "${names[job]} (ended with status $status)"
+        cat "$logs/$job.log"
+        ((status == 0)) || failed+=("${names[job]}")
+    done
+    rm -rf "$logs"
+    ((${#failed[@]} == 0)) || fail "failed: $(printf '[%s] ' "${failed[@]}")"
+}
