@@ -43,6 +43,10 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 #[repr(C, align(64))]
 struct Regions {
     base: AtomicPtr<u8>,
+    /// `base` again, published after it, when `shared` is `Some`; null otherwise. The fast
+    /// paths test this one word: non-null means both "ready" and "there is a process-wide
+    /// section", and every other case goes out of line.
+    shared_base: AtomicPtr<u8>,
     slots: AtomicUsize,
     /// The process-wide section while glibc owns rseq. Written once by `init` before `base`
     /// is published, never after; read only after `base` was seen non-null (acquire).
@@ -56,6 +60,7 @@ unsafe impl Sync for Regions {}
 
 static REGIONS: Regions = Regions {
     base: AtomicPtr::new(core::ptr::null_mut()),
+    shared_base: AtomicPtr::new(core::ptr::null_mut()),
     slots: AtomicUsize::new(0),
     shared: UnsafeCell::new(None),
 };
@@ -146,10 +151,14 @@ fn init() {
         }
     }
     REGIONS.slots.store(slots, Ordering::Relaxed);
+    let shared = BACKEND.shared();
     // SAFETY: this thread won the UNINIT -> BUSY transition, so it is the only writer, and
-    // nobody reads `shared` before `base` is published just below.
-    unsafe { *REGIONS.shared.get() = BACKEND.shared() };
+    // nobody reads `shared` before `base` or `shared_base` is published just below.
+    unsafe { *REGIONS.shared.get() = shared };
     REGIONS.base.store(base.as_ptr(), Ordering::Release);
+    if shared.is_some() {
+        REGIONS.shared_base.store(base.as_ptr(), Ordering::Release);
+    }
     STATE.store(READY, Ordering::Release);
 }
 
@@ -173,17 +182,18 @@ fn ready_base() -> Option<*mut u8> {
     (!base.is_null()).then_some(base)
 }
 
-/// The stacks of `class`, and the process-wide section when there is one, if the regions
-/// are published (the fast paths).
+/// The stacks of `class` and the process-wide section, if the regions are published and
+/// there is such a section (the fast paths): one load and one test.
 #[inline(always)]
-fn caches_if_ready(
-    class: usize,
-) -> Option<(SlotArray<'static, BoundedStack>, Option<SharedSection>)> {
-    let base = ready_base()?;
-    // SAFETY: `base` is non-null, so `init` published it after writing `shared` (acquired
-    // by `ready_base`); nothing writes `shared` again.
-    let shared = unsafe { *REGIONS.shared.get() };
-    Some((stacks_at(base, class), shared))
+fn shared_caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, SharedSection)> {
+    let base = REGIONS.shared_base.load(Ordering::Acquire);
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: `shared_base` is non-null only once `init` published it, after writing
+    // `shared` as `Some` (acquired by the load above); nothing writes `shared` again.
+    let section = unsafe { (*REGIONS.shared.get()).unwrap_unchecked() };
+    Some((stacks_at(base, class), section))
 }
 
 /// The stacks of `class` in the regions published at `base`.
@@ -278,11 +288,7 @@ fn grow_on_miss(index: usize, class: usize) -> usize {
 /// compiled in this crate, its statics are addressed directly rather than through the
 /// global offset table.
 pub(crate) fn alloc(class: usize) -> *mut u8 {
-    let Some((stacks, shared)) = caches_if_ready(class) else {
-        core::hint::cold_path();
-        return alloc_slow(class);
-    };
-    let Some(section) = shared else {
+    let Some((stacks, section)) = shared_caches(class) else {
         return alloc_on_own_registration(class);
     };
     // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an array of
@@ -308,9 +314,10 @@ fn popped_object(popped: Outcome<Option<*mut u8>>) -> Option<*mut u8> {
     }
 }
 
-/// [`alloc`] when there is no process-wide section: the pop through `BACKEND`, whose
-/// lookup of this thread's rseq area may call out (to register it). Takes only the class
-/// (the stacks would be passed through memory) and finds the stacks again.
+/// [`alloc`] when there is no process-wide section, or the regions are not ready yet: the
+/// pop through `BACKEND`, whose lookup of this thread's rseq area may call out (to register
+/// it), else the slow path. Takes only the class (the stacks would be passed through memory)
+/// and finds the stacks again.
 #[inline(never)]
 fn alloc_on_own_registration(class: usize) -> *mut u8 {
     if let Some(base) = ready_base() {
@@ -380,12 +387,7 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) ->
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once.
 pub(crate) unsafe fn free(class: usize, object: *mut u8) {
-    let Some((stacks, shared)) = caches_if_ready(class) else {
-        core::hint::cold_path();
-        // SAFETY: forwarded from the caller.
-        return unsafe { free_slow(class, object) };
-    };
-    let Some(section) = shared else {
+    let Some((stacks, section)) = shared_caches(class) else {
         // SAFETY: forwarded from the caller.
         return unsafe { free_on_own_registration(class, object) };
     };
@@ -399,7 +401,8 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8) {
     unsafe { free_slow(class, object) }
 }
 
-/// [`free`] when there is no process-wide section (see [`alloc_on_own_registration`]).
+/// [`free`] when there is no process-wide section, or the regions are not ready yet (see
+/// [`alloc_on_own_registration`]).
 ///
 /// # Safety
 /// As for [`free`].
@@ -717,6 +720,34 @@ pub(crate) unsafe fn unlock_after_fork(in_child: bool) {
             // SAFETY: this thread took the lock in `lock_for_fork`, or (in the child) no
             // thread that could hold it exists any more.
             unsafe { slot.meta().resize.unlock_kept() };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast paths go through `shared_base` alone. If set-up failed to publish it, every
+    /// operation would take the out-of-line path, which is just as correct, so no other test
+    /// would notice.
+    #[test]
+    fn the_fast_path_is_armed_exactly_when_glibc_shares_its_registration() {
+        let object = alloc(0);
+        assert!(!object.is_null());
+        // SAFETY: a fresh object of class 0, freed once.
+        unsafe { free(0, object) };
+        let base = REGIONS.base.load(Ordering::Acquire);
+        let shared_base = REGIONS.shared_base.load(Ordering::Acquire);
+        if base.is_null() {
+            // No per-CPU caches (no rseq, as under Miri or with PERCPU_NO_RSEQ=1).
+            assert!(shared_base.is_null());
+            return;
+        }
+        if BACKEND.shared().is_some() {
+            assert_eq!(shared_base, base);
+        } else {
+            assert!(shared_base.is_null());
         }
     }
 }

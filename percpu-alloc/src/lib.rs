@@ -227,6 +227,30 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
     }
 }
 
+/// `GlobalAlloc::dealloc`. Out of line, in this crate, as `alloc_layout` is: inlined into
+/// the caller's crate it reached the class table and the pagemap, and `front::free`,
+/// through the global offset table, two loads and an indirect jump more per free.
+///
+/// The layout names the class (a block's class is always the one its current layout maps
+/// to: `realloc` keeps a block in place only then), so the push in `front::free` need not
+/// wait for the pagemap's two dependent loads. The pagemap still confirms the class, on a
+/// branch the processor predicts and runs ahead of; when it does not (large blocks, or a
+/// layout other than the block's) its word decides.
+///
+/// # Safety
+/// As for [`GlobalAlloc::dealloc`].
+unsafe fn dealloc_layout(ptr: *mut u8, layout: Layout) {
+    match size_class::class_for(layout.size(), layout.align()) {
+        // SAFETY: the caller hands back a live block this allocator returned, and the
+        // pagemap says it is an object of `class`.
+        Some(class) if pagemap::is_small_of(ptr.addr(), class) => unsafe {
+            front::free(class, ptr)
+        },
+        // SAFETY: forwarded from the caller.
+        _ => unsafe { dealloc_by_pagemap(ptr) },
+    }
+}
+
 /// [`GlobalAlloc::dealloc`] when the layout did not name the block's class: large blocks,
 /// and C callers that know only the usable size. Out of line, to keep `dealloc` small.
 ///
@@ -272,20 +296,8 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // The layout names the class (a block's class is always the one its current layout
-        // maps to: `realloc` keeps a block in place only then), so the push in `front::free`
-        // need not wait for the pagemap's two dependent loads. The pagemap still confirms
-        // the class, on a branch the processor predicts and runs ahead of; when it does not
-        // (large blocks, or a layout other than the block's) its word decides.
-        match size_class::class_for(layout.size(), layout.align()) {
-            // SAFETY: the caller hands back a live block this allocator returned, and the
-            // pagemap says it is an object of `class`.
-            Some(class) if pagemap::is_small_of(ptr.addr(), class) => unsafe {
-                front::free(class, ptr)
-            },
-            // SAFETY: forwarded from the caller.
-            _ => unsafe { dealloc_by_pagemap(ptr) },
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { dealloc_layout(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
