@@ -356,21 +356,70 @@ pub trait Backend: Clone + Send + Sync + core::fmt::Debug + private::Sealed {
     unsafe fn pop_word(&self, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>>;
 
     /// Copy-then-commit push: copy `src` to `top` (try-stores), commit `top += src.len()`.
-    /// `false` when it does not fit.
+    /// `false` when it does not fit, or when `src` is empty: a section that moved nothing
+    /// would still store `top`, which a stopped stack (see [`BoundedStack`]) forbids.
     ///
     /// # Safety
     /// As for [`Backend::push_word`] with byte storage; records are read back only by
-    /// [`Backend::pop_copy`] with the same size.
+    /// [`Backend::pop_copy`] with the same size, except on word stacks, where
+    /// [`Backend::push_words`] and [`Backend::pop_words`] mix with the one-word operations.
     unsafe fn push_copy(&self, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool>;
 
     /// Copy-then-commit pop: copy the `dst.len()` bytes below `top` into `dst`, commit
-    /// `top -= dst.len()`. `false` when fewer bytes are stored. After an abort `dst` may hold
-    /// a partial copy.
+    /// `top -= dst.len()`. `false` when fewer bytes are stored, or when `dst` is empty (as
+    /// for [`Backend::push_copy`]). After an abort `dst` may hold a partial copy.
     ///
     /// # Safety
     /// As for [`Backend::push_copy`].
     unsafe fn pop_copy(&self, stacks: SlotArray<'_, BoundedStack>, dst: &mut [u8])
         -> Outcome<bool>;
+
+    /// Push all of `words` on this CPU's word [`BoundedStack`] in one critical section, in
+    /// order (the last is the next [`Backend::pop_word`]), or none of them (`false`) when
+    /// they do not fit or `words` is empty: `words.len()` one-word pushes for the price of one section. It is
+    /// [`Backend::push_copy`] of the words' bytes: on 8-byte aligned word storage that
+    /// leaves exactly what one [`Backend::push_word`] per word would.
+    ///
+    /// # Safety
+    /// As for [`Backend::push_word`]; `words` lies outside every stack's storage.
+    #[inline(always)]
+    unsafe fn push_words(
+        &self,
+        stacks: SlotArray<'_, BoundedStack>,
+        words: &[*mut u8],
+    ) -> Outcome<bool> {
+        // SAFETY: a byte view of the caller's words (any initialised memory can be read as
+        // bytes); the copy moves pointers whole, provenance included, onto word storage the
+        // caller vouches for, which is push_copy's contract.
+        unsafe {
+            let bytes =
+                core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), size_of_val(words));
+            self.push_copy(stacks, bytes)
+        }
+    }
+
+    /// Pop `out.len()` words from this CPU's word [`BoundedStack`] in one critical section,
+    /// or none (`false`) when it holds fewer or `out` is empty. `out` receives them in storage order: the one
+    /// [`Backend::pop_word`] would have returned first is last. After an abort `out` may
+    /// hold a partial copy.
+    ///
+    /// # Safety
+    /// As for [`Backend::push_words`].
+    #[inline(always)]
+    unsafe fn pop_words(
+        &self,
+        stacks: SlotArray<'_, BoundedStack>,
+        out: &mut [*mut u8],
+    ) -> Outcome<bool> {
+        // SAFETY: a byte view of the caller's exclusive buffer; every bit pattern is a valid
+        // raw pointer, so whatever the copy leaves there (a partial copy after an abort
+        // included) is a valid `*mut u8`. The rest is pop_copy's contract, as above.
+        unsafe {
+            let bytes =
+                core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), size_of_val(out));
+            self.pop_copy(stacks, bytes)
+        }
+    }
 
     /// Make slot `cpu`'s owner safe to touch from here: abort and wait out any critical section
     /// running on it, and order everything before the fence before every later section there.

@@ -281,7 +281,7 @@ impl Backend for Simulated {
             let stack = slot(&stacks, cpu);
             let top = stack.top.load(Ordering::Acquire);
             let end = stack.end.load(Ordering::Relaxed);
-            if end.addr().saturating_sub(top.addr()) < src.len() {
+            if src.is_empty() || end.addr().saturating_sub(top.addr()) < src.len() {
                 return Some(false);
             }
             // SAFETY: `[top, top + len)` is free storage of this stack (checked against
@@ -304,7 +304,7 @@ impl Backend for Simulated {
             let stack = slot(&stacks, cpu);
             let top = stack.top.load(Ordering::Acquire);
             let begin = stack.begin.load(Ordering::Relaxed);
-            if top.addr().saturating_sub(begin.addr()) < dst.len() {
+            if dst.is_empty() || top.addr().saturating_sub(begin.addr()) < dst.len() {
                 return Some(false);
             }
             let record = top.wrapping_sub(dst.len());

@@ -311,6 +311,94 @@ fn bounded_words_fill_drain_and_hand_back() {
     );
 }
 
+/// Pins the calling thread to the CPU it runs on; false when it cannot.
+fn pin_here() -> bool {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let Ok(cpu) = usize::try_from(cpu) else {
+        return false;
+    };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes bit `cpu` inside it
+    // (checked above); sched_setaffinity reads the set we pass with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Runs `op` until it does not abort; `None` when there is no CPU (the fallback).
+fn settle<T>(mut op: impl FnMut() -> Outcome<T>) -> Option<T> {
+    loop {
+        match op() {
+            Outcome::Completed { value, .. } => return Some(value),
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => return None,
+        }
+    }
+}
+
+/// A batch pushed in one section pops word by word, newest first; words pushed one at a time
+/// pop as a batch, in storage order; empty batches and batches that do not fit decline. On
+/// one pinned thread, so that every operation meets the same stack.
+#[test]
+#[cfg_attr(miri, ignore = "sets the CPU affinity")]
+fn word_batches_mix_with_single_words() {
+    std::thread::spawn(|| {
+        if !pin_here() {
+            return;
+        }
+        let rseq = Rseq::CPU_ID;
+        let s = stacks(rseq.slot_count(), 8);
+        let slots = SlotArray::from_slice(&s.headers);
+        let word = std::ptr::without_provenance_mut::<u8>;
+        let push_words = |w: &[*mut u8]| {
+            // SAFETY: the stacks' storage lives in `s`, 8-byte words reached only through
+            // these operations; the batches are separate buffers.
+            settle(|| unsafe { rseq.push_words(slots, w) })
+        };
+        let pop_words = |w: &mut [*mut u8]| {
+            // SAFETY: as above.
+            settle(|| unsafe { rseq.pop_words(slots, w) })
+        };
+        let push_word = |w: *mut u8| {
+            // SAFETY: as above.
+            settle(|| unsafe { rseq.push_word(slots, w) })
+        };
+        let pop_word = || {
+            // SAFETY: as above.
+            settle(|| unsafe { rseq.pop_word(slots) })
+        };
+
+        let Some(pushed) = push_words(&[word(1), word(2), word(3)]) else {
+            return;
+        };
+        assert!(pushed);
+        assert_eq!(pop_word(), Some(Some(word(3))));
+        assert_eq!(push_word(word(4)), Some(Ok(())));
+        let mut out = [std::ptr::null_mut(); 3];
+        assert_eq!(pop_words(&mut out), Some(true));
+        assert_eq!(out, [word(1), word(2), word(4)]);
+        assert_eq!(
+            pop_words(&mut out[..1]),
+            Some(false),
+            "popped from an empty stack"
+        );
+        assert_eq!(push_words(&[]), Some(false), "an empty push must decline");
+        assert_eq!(pop_words(&mut []), Some(false), "an empty pop must decline");
+        let nine = [word(7); 9];
+        assert_eq!(push_words(&nine), Some(false), "pushed past the storage");
+        assert_eq!(push_words(&nine[..8]), Some(true));
+        assert_eq!(push_word(word(8)), Some(Err(word(8))));
+        assert_eq!(pop_word(), Some(Some(word(7))));
+    })
+    .join()
+    .expect("the pinned thread panicked");
+}
+
 #[test]
 fn copy_then_commit_round_trips_records() {
     let rseq = Rseq::CPU_ID;

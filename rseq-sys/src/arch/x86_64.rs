@@ -314,8 +314,8 @@ pub(crate) unsafe fn push_linked(
     (status, cpu, head)
 }
 
-/// Push onto this CPU's bounded stack (header: `top`, `end`, `begin`): decline if
-/// `top + size > end`, copy `size` bytes from `src` to `top` (the try-stores), commit
+/// Push onto this CPU's bounded stack (header: `top`, `end`, `begin`): decline if `size`
+/// is 0 or `top + size > end`, copy `size` bytes from `src` to `top` (the try-stores), commit
 /// `top += size`.
 ///
 /// # Safety
@@ -338,6 +338,8 @@ pub(crate) unsafe fn push_copy(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
+                "test rcx, rcx",
+                "jz 7f",
                 "imul {header}, {cpu}",
                 "add {header}, {base}",
                 "mov rdi, qword ptr [{header}]",
@@ -358,8 +360,8 @@ pub(crate) unsafe fn push_copy(
     (status, cpu)
 }
 
-/// Pop from this CPU's bounded stack: decline if `top - size < begin`, copy the `size` bytes
-/// below `top` to `dst`, commit `top -= size`.
+/// Pop from this CPU's bounded stack: decline if `size` is 0 or `top - size < begin`, copy
+/// the `size` bytes below `top` to `dst`, commit `top -= size`.
 ///
 /// # Safety
 /// As for [`push_copy`]; `dst` is writable for `size` bytes, private to the caller, and its
@@ -380,6 +382,8 @@ pub(crate) unsafe fn pop_copy(
             area: section.area, index: section.index, len: slots.len,
             cpu: cpu, status: status,
             body: [
+                "test rcx, rcx",
+                "jz 7f",
                 "imul {header}, {cpu}",
                 "add {header}, {base}",
                 "mov {top}, qword ptr [{header}]",

@@ -352,6 +352,8 @@ impl Harness {
             Op::StealList(cpu) => self.steal_list(cpu % CPUS),
             Op::PushWord(item) => self.push_word(item),
             Op::PopWord => self.pop_word(),
+            Op::PushWords(ref items) => self.push_words(items),
+            Op::PopWords(count) => self.pop_words(count),
             Op::StopStack(cpu) => self.stop_stack(cpu % CPUS),
             Op::RestartStack(cpu) => self.restart_stack(cpu % CPUS),
             Op::PushCopy(ref record) => self.push_copy(record),
@@ -568,6 +570,50 @@ impl Harness {
         }
     }
 
+    /// `push_words` and `pop_words` on the same word stacks as `push_word` and `pop_word`:
+    /// a batch must leave exactly what that many one-word operations would.
+    fn push_words(&mut self, items: &[usize]) {
+        let words: Vec<*mut u8> = items
+            .iter()
+            .map(|&item| std::ptr::without_provenance_mut(item))
+            .collect();
+        let fits = self.slot_cpu().is_some_and(|cpu| {
+            !items.is_empty()
+                && !self.model.stopped[cpu]
+                && self.model.words[cpu].len() + items.len() <= WORDS_PER_STACK
+        });
+        let expect = self.expect(fits);
+        let stacks = Self::slots(&self.subject.word_stacks);
+        // SAFETY: as in `push_word`; `words` is a separate buffer.
+        let outcome = unsafe { self.subject.machine.push_words(stacks, &words) };
+        if let Some((cpu, pushed)) = Self::settle(expect, outcome) {
+            assert_eq!(pushed, fits, "push_words disagrees about the room left");
+            if pushed {
+                self.model.words[cpu].extend_from_slice(items);
+            }
+        }
+    }
+
+    fn pop_words(&mut self, count: usize) {
+        let has = self.slot_cpu().is_some_and(|cpu| {
+            count > 0 && !self.model.stopped[cpu] && self.model.words[cpu].len() >= count
+        });
+        let expect = self.expect(has);
+        let stacks = Self::slots(&self.subject.word_stacks);
+        let mut out = vec![std::ptr::null_mut(); count];
+        // SAFETY: as in `push_word`; `out` is the caller's exclusive buffer.
+        let outcome = unsafe { self.subject.machine.pop_words(stacks, &mut out) };
+        if let Some((cpu, popped)) = Self::settle(expect, outcome) {
+            assert_eq!(popped, has, "pop_words disagrees about the words stored");
+            if popped {
+                let words = &mut self.model.words[cpu];
+                let newest = words.split_off(words.len() - count);
+                let out: Vec<usize> = out.iter().map(|w| w.addr()).collect();
+                assert_eq!(out, newest, "popped other words than were pushed");
+            }
+        }
+    }
+
     fn stop_stack(&mut self, cpu: usize) {
         if self.model.stopped[cpu] {
             return;
@@ -600,9 +646,9 @@ impl Harness {
     }
 
     fn push_copy(&mut self, record: &[u8]) {
-        let fits = self
-            .slot_cpu()
-            .is_some_and(|cpu| self.model.bytes[cpu].len() + record.len() <= BYTES_PER_STACK);
+        let fits = self.slot_cpu().is_some_and(|cpu| {
+            !record.is_empty() && self.model.bytes[cpu].len() + record.len() <= BYTES_PER_STACK
+        });
         let expect = self.expect(fits);
         let stacks = Self::slots(&self.subject.byte_stacks);
         // SAFETY: each stack delimits its own part of the byte storage (live in `subject`,
@@ -619,7 +665,7 @@ impl Harness {
     fn pop_copy(&mut self, len: usize) {
         let has = self
             .slot_cpu()
-            .is_some_and(|cpu| self.model.bytes[cpu].len() >= len);
+            .is_some_and(|cpu| len > 0 && self.model.bytes[cpu].len() >= len);
         let expect = self.expect(has);
         let stacks = Self::slots(&self.subject.byte_stacks);
         let mut record = vec![0u8; len];

@@ -38,6 +38,10 @@ pub enum Op {
     StealList(usize),
     PushWord(usize),
     PopWord,
+    /// Push these words in one section (all or none).
+    PushWords(Vec<usize>),
+    /// Pop this many words in one section (all or none).
+    PopWords(usize),
     /// Remote owner: stop this CPU's word stack (begin = end = top, fence, re-check top).
     StopStack(usize),
     /// Remote owner: restore the stopped word stack's begin and end.
@@ -49,6 +53,9 @@ pub enum Op {
     FenceAll,
 }
 
+/// How many kinds of [`Op`] there are (the decoder's tags).
+pub const KINDS: usize = 20;
+
 /// Decodes ops from bytes (for the fuzzer): each op is a tag byte and its operand bytes;
 /// missing bytes read as zero.
 pub fn decode(bytes: &[u8]) -> Vec<Op> {
@@ -56,7 +63,7 @@ pub fn decode(bytes: &[u8]) -> Vec<Op> {
     let mut ops = Vec::new();
     while let Some(tag) = input.next() {
         let mut byte = || input.next().unwrap_or(0);
-        let op = match tag % 18 {
+        let op = match usize::from(tag) % KINDS {
             0 => Op::SetCpu(match byte() % 6 {
                 5 => None,
                 cpu => Some(usize::from(cpu)),
@@ -92,7 +99,12 @@ pub fn decode(bytes: &[u8]) -> Vec<Op> {
             }
             15 => Op::PopCopy(usize::from(byte() % 13)),
             16 => Op::FenceCpu(usize::from(byte())),
-            _ => Op::FenceAll,
+            17 => Op::FenceAll,
+            18 => {
+                let len = usize::from(byte() % 6);
+                Op::PushWords((0..len).map(|_| usize::from(byte())).collect())
+            }
+            _ => Op::PopWords(usize::from(byte() % 6)),
         };
         ops.push(op);
     }
