@@ -8,10 +8,11 @@
 //!
 //! Slow paths: a miss (an empty stack on allocation, a full one on free) first grows the
 //! class's capacity on that slot (see [`capacity`]). An empty stack is refilled with a
-//! batch from the transfer cache, pushed one object at a time (the thread may migrate
-//! while refilling; each push lands on whichever CPU it runs on, and what does not fit goes
-//! back). A full stack that cannot grow is drained by a batch of pops, handed to the
-//! transfer cache. Each miss also gives the release clock a chance to tick. With no CPU
+//! batch from the transfer cache, pushed in one section (`push_words`) when it fits, else
+//! one object at a time (the thread may migrate while refilling; each push lands on
+//! whichever CPU it runs on, and what does not fit goes back). A full stack that cannot
+//! grow gives a batch to the transfer cache, popped in one section (`pop_words`) when the
+//! stack holds that many, else one at a time. Each miss also gives the release clock a chance to tick. With no CPU
 //! (`Outcome::NoCpu`), or before the regions exist, both go to the thread's stripe cache
 //! and from there to the transfer cache: no per-CPU slot is touched by a plain store, ever
 //! (DESIGN invariant 1). Headers are written only while the regions are private
@@ -365,6 +366,12 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) ->
     if got == 0 {
         return core::ptr::null_mut();
     }
+    // The rest in one section when it fits (the stack just ran dry, so it does unless the
+    // thread migrated or the capacity shrank), else one at a time, what fits.
+    let rest = &batch[1..got];
+    if !rest.is_empty() && all_pushed(stacks, rest) {
+        return batch[0];
+    }
     let mut pushed = 1;
     while pushed < got {
         // SAFETY: as in `alloc`; the object is free and ours to cache.
@@ -379,6 +386,32 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) ->
         unsafe { transfer::insert(class, &batch[pushed..got]) };
     }
     batch[0]
+}
+
+/// Push all of `objects` on this CPU's stack in one section; false (none pushed) when they
+/// do not fit or there is no CPU.
+fn all_pushed(stacks: SlotArray<'static, BoundedStack>, objects: &[*mut u8]) -> bool {
+    loop {
+        // SAFETY: as in `alloc`; the objects are free and ours to cache.
+        match unsafe { BACKEND.push_words(stacks, objects) } {
+            Outcome::Completed { value, .. } => return value,
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => return false,
+        }
+    }
+}
+
+/// Fill `out` from this CPU's stack in one section; false (none popped, `out` meaningless)
+/// when it holds fewer or there is no CPU.
+fn all_popped(stacks: SlotArray<'static, BoundedStack>, out: &mut [*mut u8]) -> bool {
+    loop {
+        // SAFETY: as in `alloc`; `out` is this thread's own buffer.
+        match unsafe { BACKEND.pop_words(stacks, out) } {
+            Outcome::Completed { value, .. } => return value,
+            Outcome::Aborted => continue,
+            Outcome::NoCpu => return false,
+        }
+    }
 }
 
 /// Free `object` of `class`. The fast path is one push; the rest is out of line (as in
@@ -463,6 +496,12 @@ unsafe fn flush(class: usize, stacks: SlotArray<'static, BoundedStack>, object: 
     let mut batch = [core::ptr::null_mut(); MAX_BATCH + 1];
     batch[0] = object;
     let want = CLASSES[class].batch.min(MAX_BATCH);
+    // The whole batch in one section when the stack holds that many (it is full, so it
+    // does unless the thread migrated), else one at a time, what there is.
+    if all_popped(stacks, &mut batch[1..=want]) {
+        // SAFETY: as below.
+        return unsafe { transfer::insert(class, &batch[..=want]) };
+    }
     let mut n = 1;
     while n <= want {
         // SAFETY: as in `alloc`.
