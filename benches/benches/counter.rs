@@ -166,29 +166,13 @@ fn add(c: &mut Criterion) {
     }
     #[cfg(c_reference)]
     {
-        let cpus = rseq_sys::possible_cpus();
-        let slots: Vec<CachePadded<AtomicU64>> = (0..cpus)
-            .map(|_| CachePadded::new(AtomicU64::new(0)))
-            .collect();
-        let fallback = CachePadded::new(AtomicU64::new(0));
+        let slots = c_reference::Slots::new();
         // At every thread count: what the hardware gives any per-CPU add here.
         for threads in THREAD_COUNTS {
             group.bench_with_input(
                 BenchmarkId::new("hand-written C rseq", threads),
                 &threads,
-                |b, &threads| {
-                    b.iter_custom(|iters| {
-                        // The C loop runs all `iters` adds itself: one call per thread.
-                        contended(
-                            threads,
-                            1,
-                            |_| (),
-                            |_| {
-                                c_reference::add_loop(&slots, iters, &fallback);
-                            },
-                        )
-                    })
-                },
+                |b, &threads| b.iter_custom(|iters| slots.run(threads, iters) / threads as u32),
             );
         }
     }

@@ -154,23 +154,11 @@ fn add(c: &mut Criterion) {
         );
         #[cfg(c_reference)]
         {
-            let c_slots = PerCpuSlots::new();
+            let c_slots = c_reference::Slots::new();
             group.bench_with_input(
                 BenchmarkId::new("hand-written C rseq", threads),
                 &threads,
-                |b, &threads| {
-                    b.iter_custom(|iters| {
-                        // The C loop runs all `iters` adds itself, so run one call per thread.
-                        contended(
-                            threads,
-                            1,
-                            |_| (),
-                            |_| {
-                                c_reference::add_loop(&c_slots.slots, iters, &c_slots.fallback);
-                            },
-                        )
-                    })
-                },
+                |b, &threads| b.iter_custom(|iters| c_slots.run(threads, iters) / threads as u32),
             );
         }
     }

@@ -76,7 +76,56 @@ where
 #[cfg(c_reference)]
 pub mod c_reference {
     use crossbeam_utils::CachePadded;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// What the C loop adds to: one slot per possible CPU, each on its own cache line, and
+    /// the fallback counter. The one set-up the report and both criterion suites share.
+    #[derive(Debug)]
+    pub struct Slots {
+        slots: Vec<CachePadded<AtomicU64>>,
+        fallback: CachePadded<AtomicU64>,
+    }
+
+    impl Default for Slots {
+        fn default() -> Self {
+            Slots {
+                slots: (0..rseq_sys::possible_cpus())
+                    .map(|_| CachePadded::new(AtomicU64::new(0)))
+                    .collect(),
+                fallback: CachePadded::new(AtomicU64::new(0)),
+            }
+        }
+    }
+
+    impl Slots {
+        /// All zero.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// `threads` threads each make `adds` adds of 1 in one call into C (so no Rust code
+        /// runs per add); the wall time, as [`crate::run_threads`] measures it.
+        pub fn run(&self, threads: usize, adds: u64) -> Duration {
+            crate::run_threads(
+                threads,
+                1,
+                |_| (),
+                |_| {
+                    add_loop(&self.slots, adds, &self.fallback);
+                },
+            )
+        }
+
+        /// Every add so far, on a CPU or not.
+        pub fn total(&self) -> u64 {
+            self.slots
+                .iter()
+                .map(|slot| slot.load(Ordering::Relaxed))
+                .sum::<u64>()
+                .wrapping_add(self.fallback.load(Ordering::Relaxed))
+        }
+    }
 
     /// Run the C loop on the calling thread: add 1 `count` times to its CPU's slot of
     /// `slots` (one per possible CPU), or to `fallback` without a CPU. Returns how many adds

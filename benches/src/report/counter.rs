@@ -72,32 +72,15 @@ fn local_adds() -> Contender<'static> {
 /// the bound for every per-CPU design in the table.
 #[cfg(c_reference)]
 fn c_adds() -> Contender<'static> {
-    use crossbeam_utils::CachePadded;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    let slots: Vec<CachePadded<AtomicU64>> = (0..rseq_sys::possible_cpus())
-        .map(|_| CachePadded::new(AtomicU64::new(0)))
-        .collect();
-    let fallback = CachePadded::new(AtomicU64::new(0));
+    let slots = crate::c_reference::Slots::new();
     Contender::new(C_REFERENCE, move |threads, ops| {
-        let total = || {
-            slots
-                .iter()
-                .map(|slot| slot.load(Ordering::Relaxed))
-                .sum::<u64>()
-                .wrapping_add(fallback.load(Ordering::Relaxed))
-        };
-        // The C loop makes all `ops` adds itself: one call per thread.
-        exact_adds("the C reference", threads, ops, total, || {
-            run_threads(
-                threads,
-                1,
-                |_| (),
-                |_| {
-                    crate::c_reference::add_loop(&slots, ops, &fallback);
-                },
-            )
-        })
+        exact_adds(
+            "the C reference",
+            threads,
+            ops,
+            || slots.total(),
+            || slots.run(threads, ops),
+        )
     })
 }
 
