@@ -29,8 +29,9 @@
 //!   ([`rseq_sys::Rseq::CONCURRENCY_ID`]). Per class a `BoundedStack` header and an array of
 //!   object pointers: allocation is one `pop_word` critical section, free one `push_word`,
 //!   each with one committing store. An empty stack is refilled with a batch from the
-//!   transfer cache (pushed one by one, since the thread may migrate meanwhile; what does
-//!   not fit goes back); a full one is drained by a batch of pops.
+//!   transfer cache, pushed in one section (`push_words`) when it fits, else one by one
+//!   (the thread may have migrated meanwhile; what does not fit goes back); a full one
+//!   gives a batch back, popped in one section when the stack holds that many.
 //! - **Capacities** (`capacity`): every class starts at capacity 0 on every CPU and grows
 //!   by a batch on each miss, while the CPU's capacities stay within a byte budget
 //!   ([`set_cpu_cache_budget`], `PERCPU_ALLOC_CPU_CACHE_BYTES`, default 6 MiB); at the
