@@ -88,7 +88,8 @@ parallel_stages() {
     logs=$(mktemp -d)
     while ((next < ${#names[@]} || running > 0)); do
         while ((running < width && next < ${#names[@]})); do
-            printf '\n--- started: %s (%ss since start)\n' "${names[next]}" "$(($(date +%s) - CI_START))"
+            printf '\n--- started: %s (%ss since start)\n' "${names[next]}" \
+                "$(($(date +%s) - CI_START))"
             (eval "${commands[next]}") >"$logs/$next.log" 2>&1 &
             job_of_pid[$!]=$next
             next=$((next + 1))

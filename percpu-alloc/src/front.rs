@@ -12,11 +12,11 @@
 //! one object at a time (the thread may migrate while refilling; each push lands on
 //! whichever CPU it runs on, and what does not fit goes back). A full stack that cannot
 //! grow gives a batch to the transfer cache, popped in one section (`pop_words`) when the
-//! stack holds that many, else one at a time. Each miss also gives the release clock a chance to tick. With no CPU
-//! (`Outcome::NoCpu`), or before the regions exist, both go to the thread's stripe cache
-//! and from there to the transfer cache: no per-CPU slot is touched by a plain store, ever
-//! (DESIGN invariant 1). Headers are written only while the regions are private
-//! to the initialising thread, before they are published with release.
+//! stack holds that many, else one at a time. Each miss also gives the release clock a
+//! chance to tick. With no CPU (`Outcome::NoCpu`), or before the regions exist, both go to
+//! the thread's stripe cache and from there to the transfer cache: no per-CPU slot is
+//! touched by a plain store, ever (DESIGN invariant 1). Headers are written only while the
+//! regions are private to the initialising thread, before they are published with release.
 
 use crate::capacity::{self, SlotMeta, SlotStacks};
 use crate::size_class::{CLASSES, NUM_CLASSES};

@@ -376,9 +376,9 @@ pub trait Backend: Clone + Send + Sync + core::fmt::Debug + private::Sealed {
 
     /// Push all of `words` on this CPU's word [`BoundedStack`] in one critical section, in
     /// order (the last is the next [`Backend::pop_word`]), or none of them (`false`) when
-    /// they do not fit or `words` is empty: `words.len()` one-word pushes for the price of one section. It is
-    /// [`Backend::push_copy`] of the words' bytes: on 8-byte aligned word storage that
-    /// leaves exactly what one [`Backend::push_word`] per word would.
+    /// they do not fit or `words` is empty: `words.len()` one-word pushes for the price of
+    /// one section. It is [`Backend::push_copy`] of the words' bytes: on 8-byte aligned
+    /// word storage that leaves exactly what one [`Backend::push_word`] per word would.
     ///
     /// # Safety
     /// As for [`Backend::push_word`]; `words` lies outside every stack's storage.
@@ -399,9 +399,9 @@ pub trait Backend: Clone + Send + Sync + core::fmt::Debug + private::Sealed {
     }
 
     /// Pop `out.len()` words from this CPU's word [`BoundedStack`] in one critical section,
-    /// or none (`false`) when it holds fewer or `out` is empty. `out` receives them in storage order: the one
-    /// [`Backend::pop_word`] would have returned first is last. After an abort `out` may
-    /// hold a partial copy.
+    /// or none (`false`) when it holds fewer or `out` is empty. `out` receives them in
+    /// storage order: the one [`Backend::pop_word`] would have returned first is last.
+    /// After an abort `out` may hold a partial copy.
     ///
     /// # Safety
     /// As for [`Backend::push_words`].
