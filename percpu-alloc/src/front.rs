@@ -391,22 +391,22 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) ->
 /// Push all of `objects` on this CPU's stack in one section; false (none pushed) when they
 /// do not fit or there is no CPU.
 fn all_pushed(stacks: SlotArray<'static, BoundedStack>, objects: &[*mut u8]) -> bool {
-    loop {
-        // SAFETY: as in `alloc`; the objects are free and ours to cache.
-        match unsafe { BACKEND.push_words(stacks, objects) } {
-            Outcome::Completed { value, .. } => return value,
-            Outcome::Aborted => continue,
-            Outcome::NoCpu => return false,
-        }
-    }
+    // SAFETY: as in `alloc`; the objects are free and ours to cache.
+    until_not_aborted(|| unsafe { BACKEND.push_words(stacks, objects) })
 }
 
 /// Fill `out` from this CPU's stack in one section; false (none popped, `out` meaningless)
 /// when it holds fewer or there is no CPU.
 fn all_popped(stacks: SlotArray<'static, BoundedStack>, out: &mut [*mut u8]) -> bool {
+    // SAFETY: as in `alloc`; `out` is this thread's own buffer.
+    until_not_aborted(|| unsafe { BACKEND.pop_words(stacks, out) })
+}
+
+/// Run an all-or-nothing `section` again until it is not aborted: its answer, or false
+/// with no CPU.
+fn until_not_aborted(mut section: impl FnMut() -> Outcome<bool>) -> bool {
     loop {
-        // SAFETY: as in `alloc`; `out` is this thread's own buffer.
-        match unsafe { BACKEND.pop_words(stacks, out) } {
+        match section() {
             Outcome::Completed { value, .. } => return value,
             Outcome::Aborted => continue,
             Outcome::NoCpu => return false,
