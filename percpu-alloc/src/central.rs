@@ -17,14 +17,28 @@
 //! `O(n log n)` in the list's length and runs only on an explicit
 //! [`release_memory`](crate::release_memory) or when the free bytes here grew past the
 //! release threshold (see [`release`](crate::release)).
+//!
+//! **Partitions.** Objects smaller than a cache line ([`OWNED_CLASSES`]) share lines with
+//! their neighbours. Were one CPU's free of another CPU's object to go to the freeing CPU's
+//! cache, that CPU would hand it out again at once, and two CPUs would write one line for as
+//! long as both objects live (passive false sharing, Hoard's cache-scratch). So once the
+//! per-CPU caches exist, these classes get one list per slot besides the shared one: a
+//! slot's refills carve and take only from its own list, whose spans the pagemap records as
+//! that slot's ([`SpanOwner`]), so a CPU hands out only objects from lines no other CPU is
+//! handing out. A free on another CPU gives the object back to its owner through the owner's
+//! inbox (a lock-free push-only list the owner's next refill takes whole, see
+//! [`give_to_owner`]), and every object that reaches a central list goes to its owner's
+//! ([`insert`] routes by the pagemap), so a span's free objects are all on one list and the
+//! sweep below still finds every wholly free span. Spans carved before the caches existed,
+//! or by threads with no CPU, have no owner and stay on the shared list.
 
 use crate::os;
 use crate::page_heap;
-use crate::pagemap;
+use crate::pagemap::{self, SpanOwner};
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::spin::SpinLock;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 struct Central {
     /// Free objects: `stack[..len]`, in a mapping with room for `room` pointers (none
@@ -63,6 +77,104 @@ const EMPTY: Central = Central {
 };
 
 static CENTRAL: [SpinLock<Central>; NUM_CLASSES] = [const { SpinLock::new(EMPTY) }; NUM_CLASSES];
+
+/// Classes partitioned per slot: those whose objects are smaller than a cache line (8 to 56
+/// bytes); from 64 bytes on, an object is a multiple of a line and aligned to it.
+pub(crate) const OWNED_CLASSES: usize = 7;
+const _: () = assert!(
+    CLASSES[OWNED_CLASSES - 1].size < 64 && CLASSES[OWNED_CLASSES].size == 64,
+    "OWNED_CLASSES must be the classes under a cache line"
+);
+
+/// Objects an inbox holds before the freeing thread moves them to the owner's list itself:
+/// a bound on what an owner that stopped allocating keeps out of the central books.
+const INBOX_LIMIT: usize = 256;
+
+/// Frees from other CPUs for one slot and class: objects linked through their first word.
+/// A line of its own, so pushes from other CPUs do not bounce the list's lock.
+#[repr(align(128))]
+struct Inbox {
+    head: AtomicPtr<u8>,
+    /// Objects pushed and not yet taken: counted before the push, so it never reads less
+    /// than the list holds.
+    len: AtomicUsize,
+}
+
+/// One slot's lists for the owned classes. All-zero bytes are a valid value of it (null
+/// pointers, zero counts, unlocked locks: exactly `SpinLock::new(EMPTY)` and empty
+/// inboxes), so a fresh anonymous mapping of them needs no initialising writes, and only the
+/// slots in use are ever touched.
+#[repr(C)]
+struct SlotPartitions {
+    lists: [Partition; OWNED_CLASSES],
+    inboxes: [Inbox; OWNED_CLASSES],
+}
+
+/// A list on its own line (two: the adjacent-line prefetcher pairs them).
+#[repr(align(128))]
+struct Partition(SpinLock<Central>);
+
+/// The partitions: `PARTITION_SLOTS` of them at `PARTITIONS`, set once by
+/// [`set_up_partitions`] (the pointer stored first, the count published with release);
+/// none while the count is 0.
+static PARTITIONS: AtomicPtr<SlotPartitions> = AtomicPtr::new(core::ptr::null_mut());
+static PARTITION_SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Give the owned classes a list per slot, for `slots` slots; false (and nothing changed)
+/// when they cannot be mapped, or were set up already. Called once, by the thread setting
+/// up the per-CPU caches, before they are published.
+pub(crate) fn set_up_partitions(slots: usize) -> bool {
+    if slots == 0
+        || slots > pagemap::MAX_OWNED_SLOTS
+        || PARTITION_SLOTS.load(Ordering::Acquire) != 0
+    {
+        return false;
+    }
+    let Some(bytes) = slots.checked_mul(core::mem::size_of::<SlotPartitions>()) else {
+        return false;
+    };
+    let Some(mapping) = os::map(bytes.next_multiple_of(os::page_size())) else {
+        return false;
+    };
+    PARTITIONS.store(mapping.as_ptr().cast(), Ordering::Relaxed);
+    PARTITION_SLOTS.store(slots, Ordering::Release);
+    true
+}
+
+/// Every slot's partitions (none before [`set_up_partitions`]).
+fn all_partitions() -> &'static [SlotPartitions] {
+    let slots = PARTITION_SLOTS.load(Ordering::Acquire);
+    if slots == 0 {
+        return &[];
+    }
+    // SAFETY: a non-zero count was published with release after the pointer to a fresh,
+    // zeroed mapping of `slots` `SlotPartitions` (a valid value, see its docs), never
+    // unmapped and used only through its locks and atomics.
+    unsafe { core::slice::from_raw_parts(PARTITIONS.load(Ordering::Relaxed), slots) }
+}
+
+/// Whether `class` has a list per slot (it is owned, and the partitions exist).
+#[inline]
+pub(crate) fn is_partitioned(class: usize) -> bool {
+    class < OWNED_CLASSES && PARTITION_SLOTS.load(Ordering::Relaxed) != 0
+}
+
+/// `slot`'s list and inbox for `class`, if it has them.
+fn partition(class: usize, slot: usize) -> Option<(&'static SpinLock<Central>, &'static Inbox)> {
+    if class >= OWNED_CLASSES {
+        return None;
+    }
+    let slot = all_partitions().get(slot)?;
+    Some((&slot.lists[class].0, &slot.inboxes[class]))
+}
+
+/// The list objects of `class` from spans of `owner` go to.
+fn list_of(class: usize, owner: SpanOwner) -> &'static SpinLock<Central> {
+    owner
+        .get()
+        .and_then(|slot| partition(class, slot))
+        .map_or(&CENTRAL[class], |(list, _)| list)
+}
 
 /// Bytes of objects on all classes' free lists (updated under each class's lock).
 static FREE_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -202,10 +314,28 @@ impl Central {
     }
 }
 
-/// Fill `out` with free objects of `class`; returns how many (0 only when out of memory).
+/// Fill `out` with free objects of `class` from the shared list; returns how many (0 only
+/// when out of memory).
 pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
+    take_or_carve(&mut CENTRAL[class].lock(), class, SpanOwner::NONE, out)
+}
+
+/// Fill `out` with free objects of `class` for slot `slot`: from its inbox and its own list
+/// when `class` is partitioned (see the module docs), else from the shared list. Returns
+/// how many (0 only when out of memory).
+pub(crate) fn remove_owned(class: usize, slot: usize, out: &mut [*mut u8]) -> usize {
+    let Some((list, inbox)) = partition(class, slot) else {
+        return remove(class, out);
+    };
+    let mut list = list.lock();
+    absorb_inbox(&mut list, inbox, class);
+    take_or_carve(&mut list, class, SpanOwner::slot(slot), out)
+}
+
+/// Fill `out` from `list`'s free objects, then from its bump range, carving a fresh span
+/// recorded as `owner`'s when nothing else was found.
+fn take_or_carve(list: &mut Central, class: usize, owner: SpanOwner, out: &mut [*mut u8]) -> usize {
     let size = CLASSES[class].size;
-    let mut list = CENTRAL[class].lock();
     let mut n = list.take_free(out);
     FREE_BYTES.fetch_sub(n * size, Ordering::Relaxed);
     while n < out.len() {
@@ -222,7 +352,7 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
                 break;
             }
             let span_bytes = CLASSES[class].span_bytes;
-            let Some(span) = page_heap::new_span(span_bytes, class) else {
+            let Some(span) = page_heap::new_span(span_bytes, class, owner) else {
                 break;
             };
             list.bump = span.as_ptr();
@@ -232,22 +362,114 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
     n
 }
 
-/// Take back free objects of `class`.
+/// Take back free objects of `class`, each onto the list of its span's owner.
 ///
 /// # Safety
 /// Every pointer in `items` is an object of `class` from this allocator that nobody uses
 /// any more and that is on no other list.
 pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
-    let mut list = CENTRAL[class].lock();
+    if !is_partitioned(class) {
+        // SAFETY: forwarded from the caller.
+        return unsafe { insert_into(&CENTRAL[class], class, items) };
+    }
+    // A batch usually comes from one CPU's cache, so from one owner: one lock per run.
+    let mut rest = items;
+    while let Some(first) = rest.first() {
+        let owner = pagemap::owner(first.addr());
+        let run = rest
+            .iter()
+            .position(|object| pagemap::owner(object.addr()) != owner)
+            .unwrap_or(rest.len());
+        // SAFETY: forwarded from the caller; `list_of` is the list of the run's owner.
+        unsafe { insert_into(list_of(class, owner), class, &rest[..run]) };
+        rest = &rest[run..];
+    }
+}
+
+/// # Safety
+/// As for [`insert`].
+unsafe fn insert_into(list: &SpinLock<Central>, class: usize, items: &[*mut u8]) {
+    let mut list = list.lock();
     // SAFETY: forwarded from the caller.
     unsafe { list.put(items) };
     FREE_BYTES.fetch_add(items.len() * CLASSES[class].size, Ordering::Relaxed);
 }
 
-/// `(objects ever carved from spans, objects on the free list)` for `class`.
+/// Give `object` of `class` back to slot `slot`, which owns its span, from another CPU (or
+/// from a thread with none): onto the slot's inbox, for its next refill. Past
+/// [`INBOX_LIMIT`] the caller moves the whole inbox onto the slot's list itself and `true`
+/// says so (free memory grew on a central list).
+///
+/// # Safety
+/// As for [`insert`], for `object`; its span is `slot`'s.
+pub(crate) unsafe fn give_to_owner(class: usize, slot: usize, object: *mut u8) -> bool {
+    let Some((list, inbox)) = partition(class, slot) else {
+        // SAFETY: forwarded from the caller.
+        unsafe { insert(class, &[object]) };
+        return true;
+    };
+    let len = inbox.len.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut head = inbox.head.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the caller hands the object over (at least 8 bytes, 8-aligned, unused);
+        // its first word links it until the owner takes the list (the release below
+        // publishes the write to that taker).
+        unsafe { object.cast::<*mut u8>().write(head) };
+        match inbox
+            .head
+            .compare_exchange_weak(head, object, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => break,
+            Err(seen) => head = seen,
+        }
+    }
+    if len < INBOX_LIMIT {
+        return false;
+    }
+    absorb_inbox(&mut list.lock(), inbox, class);
+    true
+}
+
+/// Move everything on `inbox` onto `list` (its slot's list, locked by the caller).
+fn absorb_inbox(list: &mut Central, inbox: &Inbox, class: usize) {
+    if inbox.head.load(Ordering::Relaxed).is_null() {
+        return;
+    }
+    let mut object = inbox.head.swap(core::ptr::null_mut(), Ordering::Acquire);
+    let mut chunk = [core::ptr::null_mut(); 64];
+    let mut moved = 0;
+    while !object.is_null() {
+        let mut n = 0;
+        while n < chunk.len() && !object.is_null() {
+            chunk[n] = object;
+            // SAFETY: an object on the inbox is free and ours alone now (the swap took the
+            // list); its first word is the link its pusher wrote before the release CAS the
+            // swap acquired.
+            object = unsafe { object.cast::<*mut u8>().read() };
+            n += 1;
+        }
+        // SAFETY: the objects were free on the inbox, which no longer reaches them.
+        unsafe { list.put(&chunk[..n]) };
+        moved += n;
+    }
+    inbox.len.fetch_sub(moved, Ordering::Relaxed);
+    FREE_BYTES.fetch_add(moved * CLASSES[class].size, Ordering::Relaxed);
+}
+
+/// `(objects ever carved from spans, objects free here)` for `class`, over the shared list
+/// and every slot's list and inbox.
 pub(crate) fn counts(class: usize) -> (usize, usize) {
     let list = CENTRAL[class].lock();
-    (list.carved, list.free_count())
+    let (mut carved, mut free) = (list.carved, list.free_count());
+    drop(list);
+    for slot in 0..all_partitions().len() {
+        if let Some((list, inbox)) = partition(class, slot) {
+            let list = list.lock();
+            carved += list.carved;
+            free += list.free_count() + inbox.len.load(Ordering::Relaxed);
+        }
+    }
+    (carved, free)
 }
 
 /// Give every wholly free span of `class` back to the page heap (which releases its memory
@@ -262,10 +484,24 @@ pub(crate) fn counts(class: usize) -> (usize, usize) {
 /// collected in a scratch mapping and handed to the page heap after the list's lock is
 /// dropped; the stack's mapping shrinks when it is mostly empty.
 pub(crate) fn release_free_spans(class: usize) -> usize {
+    let mut released = release_spans_of(&CENTRAL[class], None, class);
+    for slot in 0..all_partitions().len() {
+        if let Some((list, inbox)) = partition(class, slot) {
+            released += release_spans_of(list, Some(inbox), class);
+        }
+    }
+    released
+}
+
+/// [`release_free_spans`] for one list (and its inbox, whose objects join it first).
+fn release_spans_of(list: &SpinLock<Central>, inbox: Option<&Inbox>, class: usize) -> usize {
     let size = CLASSES[class].size;
     let span_bytes = CLASSES[class].span_bytes;
     let per_span = span_bytes / size;
-    let mut list = CENTRAL[class].lock();
+    let mut list = list.lock();
+    if let Some(inbox) = inbox {
+        absorb_inbox(&mut list, inbox, class);
+    }
     list.absorb_overflow();
     let n = list.len;
     // The span the bump range is in, and how many objects were carved from it.
@@ -351,16 +587,33 @@ pub(crate) fn release_free_spans(class: usize) -> usize {
     released
 }
 
-/// Take every class's lock and keep them, in class order (the fork `prepare` handler).
+/// Slots whose partitions [`lock_for_fork`] locked.
+static LOCKED_FOR_FORK: AtomicUsize = AtomicUsize::new(0);
+
+/// Take every list's lock and keep them: the shared ones in class order, then each slot's
+/// (the fork `prepare` handler).
 pub(crate) fn lock_for_fork() {
     CENTRAL.iter().for_each(SpinLock::lock_and_keep);
+    let slots = all_partitions();
+    for slot in slots {
+        slot.lists.iter().for_each(|list| list.0.lock_and_keep());
+    }
+    LOCKED_FOR_FORK.store(slots.len(), Ordering::Relaxed);
 }
 
-/// Release the locks taken by [`lock_for_fork`].
+/// Release the locks taken by [`lock_for_fork`] (partitions set up since were not locked
+/// by it, and are left alone).
 ///
 /// # Safety
 /// As for [`SpinLock::unlock_kept`].
 pub(crate) unsafe fn unlock_after_fork() {
+    let locked = LOCKED_FOR_FORK.swap(0, Ordering::Relaxed);
+    for slot in all_partitions()[..locked].iter().rev() {
+        for list in slot.lists.iter().rev() {
+            // SAFETY: forwarded from the caller.
+            unsafe { list.0.unlock_kept() };
+        }
+    }
     for lock in CENTRAL.iter().rev() {
         // SAFETY: forwarded from the caller.
         unsafe { lock.unlock_kept() };
@@ -377,6 +630,120 @@ mod tests {
         /// Makes `Central::reserve` fail on this thread, as when `mmap` refuses.
         pub(super) static REFUSE_GROWTH: Cell<bool> = const { Cell::new(false) };
     }
+
+    /// Sets up partitions if nothing has (under Miri nothing else does); the slots there are.
+    fn partition_slots() -> usize {
+        set_up_partitions(2);
+        all_partitions().len()
+    }
+
+    /// The free objects on `slot`'s list for `class` and on its inbox.
+    fn held_by(class: usize, slot: usize) -> (usize, usize) {
+        let (list, inbox) = partition(class, slot).expect("partitioned");
+        let on_list = list.lock().free_count();
+        (on_list, inbox.len.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn owned_objects_go_back_to_their_slot_and_only_there() {
+        // Only this test uses class 4 in this binary.
+        let class = 4;
+        let slots = partition_slots();
+        assert!(slots > 0 && is_partitioned(class));
+        let slot = slots - 1;
+        let mut batch = [core::ptr::null_mut(); 32];
+        assert_eq!(remove_owned(class, slot, &mut batch), 32);
+        for &object in &batch {
+            assert_eq!(pagemap::owner(object.addr()), SpanOwner::slot(slot));
+        }
+        let shared_before = CENTRAL[class].lock().free_count();
+        let (on_list, on_inbox) = held_by(class, slot);
+        // Half from another CPU, through the inbox; half through a flush, routed.
+        for &object in &batch[..16] {
+            // SAFETY: each object came from `remove_owned` and is given back once.
+            assert!(!unsafe { give_to_owner(class, slot, object) });
+        }
+        // SAFETY: as above.
+        unsafe { insert(class, &batch[16..]) };
+        assert_eq!(held_by(class, slot), (on_list + 16, on_inbox + 16));
+        assert_eq!(CENTRAL[class].lock().free_count(), shared_before);
+        // The slot's next take finds its inbox too, newest first.
+        let mut again = [core::ptr::null_mut(); 32];
+        assert_eq!(remove_owned(class, slot, &mut again), 32);
+        let mut got: Vec<_> = again.to_vec();
+        let mut gave: Vec<_> = batch.to_vec();
+        got.sort();
+        gave.sort();
+        assert_eq!(got, gave);
+        assert_eq!(held_by(class, slot), (on_list, 0));
+        // Back for good; the sweep finds the slot's wholly free span.
+        // SAFETY: as above.
+        unsafe { insert(class, &again) };
+        let (carved, _) = counts(class);
+        assert!(release_free_spans(class) > 0);
+        assert_eq!(counts(class).0, carved - 32);
+    }
+
+    #[test]
+    fn an_inbox_loses_nothing_to_concurrent_frees_and_takes() {
+        // Only this test uses class 5 in this binary.
+        let class = 5;
+        let slots = partition_slots();
+        assert!(slots > 0);
+        let slot = 0;
+        let per_thread = if cfg!(miri) { 40 } else { 2_000 };
+        let threads = 3;
+        let mut objects = Vec::new();
+        let mut out = [core::ptr::null_mut(); 32];
+        while objects.len() < per_thread * threads {
+            let n = remove_owned(class, slot, &mut out);
+            assert!(n > 0, "out of memory");
+            objects.extend_from_slice(&out[..n]);
+        }
+        let addresses: Vec<usize> = objects.iter().map(|o| o.addr()).collect();
+        let parts: Vec<SendPtrs> = objects
+            .chunks(per_thread)
+            .map(|c| SendPtrs(c.to_vec()))
+            .collect();
+        let taken = std::thread::scope(|scope| {
+            for part in parts {
+                scope.spawn(move || {
+                    let part = part;
+                    for &object in &part.0 {
+                        // SAFETY: each object is free, given back once, by one thread.
+                        unsafe { give_to_owner(class, slot, object) };
+                    }
+                });
+            }
+            // The owner takes while the others free.
+            let mut taken = Vec::new();
+            while taken.len() < per_thread {
+                let n = remove_owned(class, slot, &mut out);
+                taken.extend(out[..n].iter().map(|o| o.addr()));
+            }
+            taken
+        });
+        // Everything given back is now either taken or on the slot's list: take the rest.
+        let mut all: Vec<usize> = taken;
+        let (on_list, _) = held_by(class, slot);
+        let mut rest = vec![core::ptr::null_mut(); on_list + objects.len()];
+        let n = remove_owned(class, slot, &mut rest);
+        all.extend(rest[..n].iter().map(|o| o.addr()));
+        let given: BTreeSet<usize> = addresses.iter().copied().collect();
+        let seen: BTreeSet<usize> = all.iter().copied().filter(|a| given.contains(a)).collect();
+        assert_eq!(seen, given, "every object given back came out again");
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), all.len(), "no object came out twice");
+        // SAFETY: every object taken last is free and handed back once (those the owner
+        // took while the others freed stay out, as if in use).
+        unsafe { insert(class, &rest[..n]) };
+    }
+
+    struct SendPtrs(Vec<*mut u8>);
+    // SAFETY: the pointers are free objects handed to one thread, which alone uses them.
+    unsafe impl Send for SendPtrs {}
 
     #[test]
     fn objects_outlive_a_stack_that_cannot_grow() {

@@ -19,6 +19,7 @@
 //! regions are private to the initialising thread, before they are published with release.
 
 use crate::capacity::{self, SlotMeta, SlotStacks};
+use crate::pagemap::SpanOwner;
 use crate::size_class::{CLASSES, NUM_CLASSES};
 use crate::{central, os, release, stripe_cache, transfer};
 use core::cell::UnsafeCell;
@@ -152,6 +153,9 @@ fn init() {
         }
     }
     REGIONS.slots.store(slots, Ordering::Relaxed);
+    // Before the caches are published, so that every span a slot's refill carves is that
+    // slot's. Without them (no memory) every class runs on the shared lists.
+    central::set_up_partitions(slots);
     let shared = BACKEND.shared();
     // SAFETY: this thread won the UNINIT -> BUSY transition, so it is the only writer, and
     // nobody reads `shared` before `base` or `shared_base` is published just below.
@@ -361,7 +365,7 @@ fn refill(class: usize, stacks: SlotArray<'static, BoundedStack>, cpu: usize) ->
     let capacity = grow_on_miss(cpu, class);
     let mut batch = [core::ptr::null_mut(); MAX_BATCH];
     let want = CLASSES[class].batch.min(MAX_BATCH).min(capacity + 1);
-    let got = transfer::remove(class, &mut batch[..want]);
+    let got = transfer::remove_for_slot(class, cpu, &mut batch[..want]);
     release::maybe_tick();
     if got == 0 {
         return core::ptr::null_mut();
@@ -414,16 +418,28 @@ fn until_not_aborted(mut section: impl FnMut() -> Outcome<bool>) -> bool {
     }
 }
 
-/// Free `object` of `class`. The fast path is one push; the rest is out of line (as in
-/// [`alloc`]).
+/// Free `object` of `class`, from a span of `owner`. The fast path is one push; the rest
+/// is out of line (as in [`alloc`]). An object whose span belongs to another slot than
+/// the one the thread runs on goes back to that slot (see `central`'s partitions), so that
+/// this CPU does not hand out an object whose line another CPU's objects share. The check
+/// reads the CPU before the push, a hint: a thread that migrates between the two caches
+/// the object where it lands, and the object goes to its owner's list when that cache
+/// flushes. `SpanOwner::NONE` is always correct (it only forgoes that).
 ///
 /// # Safety
-/// `object` is an object of `class` from this allocator, no longer used, freed once.
-pub(crate) unsafe fn free(class: usize, object: *mut u8) {
+/// `object` is an object of `class` from this allocator, no longer used, freed once, and
+/// `owner` is its span's owner or `SpanOwner::NONE`.
+pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
     let Some((stacks, section)) = shared_caches(class) else {
         // SAFETY: forwarded from the caller.
-        return unsafe { free_on_own_registration(class, object) };
+        return unsafe { free_on_own_registration(class, object, owner) };
     };
+    if let Some(slot) = owner.get() {
+        if section.current_cpu() != Some(slot) {
+            // SAFETY: forwarded from the caller.
+            return unsafe { free_to_owner(class, object, slot) };
+        }
+    }
     // SAFETY: as in `alloc`; the caller hands over the object.
     let pushed = unsafe { section.push_word(stacks, object) };
     if let Outcome::Completed { value: Ok(()), .. } = pushed {
@@ -440,7 +456,13 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8) {
 /// # Safety
 /// As for [`free`].
 #[inline(never)]
-unsafe fn free_on_own_registration(class: usize, object: *mut u8) {
+unsafe fn free_on_own_registration(class: usize, object: *mut u8, owner: SpanOwner) {
+    if let Some(slot) = owner.get() {
+        if BACKEND.current_cpu() != Some(slot) {
+            // SAFETY: forwarded from the caller.
+            return unsafe { free_to_owner(class, object, slot) };
+        }
+    }
     if let Some(base) = ready_base() {
         let stacks = stacks_at(base, class);
         // SAFETY: as in `alloc`; the caller hands over the object.
@@ -452,6 +474,20 @@ unsafe fn free_on_own_registration(class: usize, object: *mut u8) {
     core::hint::cold_path();
     // SAFETY: forwarded from the caller (the push above did not take the object).
     unsafe { free_slow(class, object) }
+}
+
+/// [`free`] of an object whose span belongs to slot `slot`, from another CPU (or none).
+///
+/// # Safety
+/// As for [`free`], with `slot` the owner.
+#[cold]
+#[inline(never)]
+unsafe fn free_to_owner(class: usize, object: *mut u8, slot: usize) {
+    // SAFETY: forwarded from the caller.
+    if unsafe { central::give_to_owner(class, slot, object) } {
+        // Free memory grew on a central list (see `transfer::insert`).
+        release::maybe_release();
+    }
 }
 
 /// [`free`] when the first push did not take the object.
@@ -774,8 +810,8 @@ mod tests {
     fn the_fast_path_is_armed_exactly_when_glibc_shares_its_registration() {
         let object = alloc(0);
         assert!(!object.is_null());
-        // SAFETY: a fresh object of class 0, freed once.
-        unsafe { free(0, object) };
+        // SAFETY: a fresh object of class 0, freed once (`NONE` is always a valid owner).
+        unsafe { free(0, object, SpanOwner::NONE) };
         let base = REGIONS.base.load(Ordering::Acquire);
         let shared_base = REGIONS.shared_base.load(Ordering::Acquire);
         if base.is_null() {

@@ -43,7 +43,11 @@
 //!   so moving a batch never touches the objects, plus a bump range over the newest span
 //!   so fresh spans are never touched before use).
 //!   Threads without a CPU keep a small stack per class on their stripe (`stripe_cache`)
-//!   in front of the transfer cache.
+//!   in front of the transfer cache. Classes under a cache line (8-56 B) skip the transfer
+//!   cache once the per-CPU caches exist: each slot has its own central list for them, its
+//!   refills carve only spans the pagemap records as its own, and a free on another CPU
+//!   goes back to the owning slot (through a lock-free inbox its next refill takes), so
+//!   objects handed out on different CPUs never share a line (no passive false sharing).
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
 //!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
 //!   size class (small spans) or mapped length (large allocations), so a block can be
@@ -69,9 +73,10 @@
 //! # Invariant
 //!
 //! Every free object is in exactly one place: a CPU's stack, a stripe's stack, a transfer
-//! cache, a central free list, or an unused bump range. Per-CPU stacks are written only by
-//! committed rseq critical sections on their own slot (headers are set up before the
-//! regions are published); everything else moves objects under a lock.
+//! cache, a central free list (shared, or a slot's), a slot's inbox, or an unused bump
+//! range. Per-CPU stacks are written only by committed rseq critical sections on their own
+//! slot (headers are set up before the regions are published); inboxes only by atomic
+//! pushes and whole-list takes; everything else moves objects under a lock.
 //!
 //! # Without rseq
 //!
@@ -146,7 +151,7 @@ pub use release::{
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
-use pagemap::Entry;
+use pagemap::{Entry, SpanOwner};
 use size_class::CLASSES;
 
 /// The allocator. All instances share one process-wide heap, so it is only a handle: put
@@ -218,9 +223,17 @@ fn alloc_large_layout(layout: Layout) -> *mut u8 {
 #[inline]
 unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
     match entry {
-        // SAFETY: the caller hands back a live block this allocator returned; the pagemap
-        // says it is an object of `class`.
-        Entry::Small(class) => unsafe { front::free(class, ptr) },
+        Entry::Small(class) => {
+            // Only the classes under a line have owned spans (one more pagemap read).
+            let owner = if class < central::OWNED_CLASSES {
+                pagemap::owner(ptr.addr())
+            } else {
+                SpanOwner::NONE
+            };
+            // SAFETY: the caller hands back a live block this allocator returned; the
+            // pagemap says it is an object of `class`, from a span of `owner`.
+            unsafe { front::free(class, ptr, owner) }
+        }
         // SAFETY: as above; a large block starts its mapping of `len` bytes.
         Entry::Large(len) => unsafe { page_heap::free_large(NonNull::new_unchecked(ptr), len) },
         // Not ours: leaving it alone is the only safe answer.
@@ -234,21 +247,20 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
 ///
 /// The layout names the class (a block's class is always the one its current layout maps
 /// to: `realloc` keeps a block in place only then), so the push in `front::free` need not
-/// wait for the pagemap's two dependent loads. The pagemap still confirms the class, on a
-/// branch the processor predicts and runs ahead of; when it does not (large blocks, or a
-/// layout other than the block's) its word decides.
+/// wait for the pagemap's two dependent loads. The pagemap still confirms the class and
+/// gives the span's owner, on branches the processor predicts and runs ahead of; when it
+/// does not confirm (large blocks, or a layout other than the block's) its word decides.
 ///
 /// # Safety
 /// As for [`GlobalAlloc::dealloc`].
 unsafe fn dealloc_layout(ptr: *mut u8, layout: Layout) {
-    match size_class::class_for(layout.size(), layout.align()) {
+    let class = size_class::class_for(layout.size(), layout.align());
+    match class.and_then(|class| Some((class, pagemap::small_owner(ptr.addr(), class)?))) {
         // SAFETY: the caller hands back a live block this allocator returned, and the
-        // pagemap says it is an object of `class`.
-        Some(class) if pagemap::is_small_of(ptr.addr(), class) => unsafe {
-            front::free(class, ptr)
-        },
+        // pagemap says it is an object of `class` from a span of `owner`.
+        Some((class, owner)) => unsafe { front::free(class, ptr, owner) },
         // SAFETY: forwarded from the caller.
-        _ => unsafe { dealloc_by_pagemap(ptr) },
+        None => unsafe { dealloc_by_pagemap(ptr) },
     }
 }
 
@@ -352,7 +364,8 @@ pub struct Stats {
     pub transfer_cache_bytes: usize,
     /// Free bytes cached for threads without a CPU (per thread stripe).
     pub no_cpu_cache_bytes: usize,
-    /// Free bytes on the central free lists (not counting never-used parts of spans).
+    /// Free bytes on the central free lists and the slots' inboxes of frees from other
+    /// CPUs (not counting never-used parts of spans).
     pub central_bytes: usize,
     /// Bytes of large allocations currently mapped.
     pub large_bytes: usize,

@@ -22,7 +22,7 @@
 
 use crate::large_cache;
 use crate::os;
-use crate::pagemap::{self, Entry};
+use crate::pagemap::{self, Entry, SpanOwner};
 use crate::release;
 use crate::size_class::SPAN_ALIGN;
 use crate::spin::SpinLock;
@@ -183,9 +183,9 @@ impl Heap {
 }
 
 /// A span of `bytes` (a multiple of [`SPAN_ALIGN`], at most 2 MiB) for size class `class`,
-/// recorded in the pagemap. Its memory is zeroed (fresh, or released with `MADV_DONTNEED`).
-/// `None` when out of memory.
-pub(crate) fn new_span(bytes: usize, class: usize) -> Option<NonNull<u8>> {
+/// recorded in the pagemap as `owner`'s. Its memory is zeroed (fresh, or released with
+/// `MADV_DONTNEED`). `None` when out of memory.
+pub(crate) fn new_span(bytes: usize, class: usize, owner: SpanOwner) -> Option<NonNull<u8>> {
     debug_assert!(bytes.is_multiple_of(SPAN_ALIGN) && bytes <= FREE_BUCKETS * SPAN_ALIGN);
     let start = {
         let mut heap = HEAP.lock();
@@ -209,7 +209,7 @@ pub(crate) fn new_span(bytes: usize, class: usize) -> Option<NonNull<u8>> {
         }
     };
     let span = NonNull::new(start)?;
-    if !pagemap::set_range(span, bytes, Entry::Small(class)) {
+    if !pagemap::set_span(span, bytes, class, owner) {
         // The span is lost to the heap, but nothing refers to it.
         return None;
     }

@@ -7,7 +7,8 @@
 //! Entries ([`Entry`]): small-object spans record their size class in every granule they
 //! cover (objects are freed by interior address), together with the granule's distance from
 //! the span's start (so [`span_start`] finds the span of any object, for releasing wholly
-//! free spans); large allocations record their mapped length in their first granule only
+//! free spans) and the span's [`SpanOwner`] (read by the free path with the class, in the
+//! same load); large allocations record their mapped length in their first granule only
 //! (they are freed by their start address).
 
 use crate::os;
@@ -20,9 +21,14 @@ const ADDRESS_BITS: usize = 48;
 const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = ADDRESS_BITS - GRANULE_SHIFT - LEAF_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
-/// A small entry is `1 | class << 1 | granules from the span's start << OFFSET_SHIFT`.
+/// A small entry is `1 | class << 1 | granules from the span's start << OFFSET_SHIFT |
+/// owner << OWNER_SHIFT`.
 const CLASS_MASK: usize = 0x7f;
 const OFFSET_SHIFT: usize = 8;
+const OWNER_SHIFT: usize = 40;
+const OFFSET_MASK: usize = (1 << (OWNER_SHIFT - OFFSET_SHIFT)) - 1;
+/// Slots a [`SpanOwner`] can name: `0..MAX_OWNED_SLOTS`.
+pub(crate) const MAX_OWNED_SLOTS: usize = (1 << (usize::BITS as usize - OWNER_SHIFT)) - 1;
 const _: () = assert!(crate::size_class::NUM_CLASSES <= CLASS_MASK + 1);
 
 struct Leaf {
@@ -90,6 +96,28 @@ impl Entry {
     }
 }
 
+/// The per-CPU slot whose partition a small span belongs to (see `central`), or none (the
+/// shared lists'). Kept in the span's pagemap entries as `slot + 1`, 0 for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpanOwner(usize);
+
+impl SpanOwner {
+    /// A span of the shared lists.
+    pub(crate) const NONE: SpanOwner = SpanOwner(0);
+
+    /// A span of `slot`'s partition; `slot` is below [`MAX_OWNED_SLOTS`].
+    pub(crate) fn slot(slot: usize) -> SpanOwner {
+        debug_assert!(slot < MAX_OWNED_SLOTS);
+        SpanOwner(slot + 1)
+    }
+
+    /// The owning slot, if any.
+    #[inline(always)]
+    pub(crate) fn get(self) -> Option<usize> {
+        self.0.checked_sub(1)
+    }
+}
+
 fn split(addr: usize) -> Option<(usize, usize)> {
     if addr >> ADDRESS_BITS != 0 {
         return None;
@@ -118,12 +146,22 @@ pub(crate) fn get(addr: usize) -> Entry {
     entry_bits(addr).map_or(Entry::None, Entry::decode)
 }
 
-/// Whether `addr` lies in a span of size class `class`: [`get`] answering
-/// `Entry::Small(class)`, without decoding the other kinds.
+/// The owner of the span holding `addr` when it is a span of size class `class` ([`get`]
+/// answering `Entry::Small(class)`, without decoding the other kinds), else `None`.
 #[inline]
-pub(crate) fn is_small_of(addr: usize, class: usize) -> bool {
-    entry_bits(addr)
-        .is_some_and(|bits| bits & ((CLASS_MASK << 1) | 1) == Entry::Small(class).encode())
+pub(crate) fn small_owner(addr: usize, class: usize) -> Option<SpanOwner> {
+    let bits = entry_bits(addr)?;
+    (bits & ((CLASS_MASK << 1) | 1) == Entry::Small(class).encode())
+        .then_some(SpanOwner(bits >> OWNER_SHIFT))
+}
+
+/// The owner of the small-object span holding `addr` ([`SpanOwner::NONE`] when it is in
+/// none).
+pub(crate) fn owner(addr: usize) -> SpanOwner {
+    match entry_bits(addr) {
+        Some(bits) if bits & 1 == 1 => SpanOwner(bits >> OWNER_SHIFT),
+        _ => SpanOwner::NONE,
+    }
 }
 
 /// The leaf under root slot `root`, mapped on first use. A raw pointer, never a reference
@@ -163,6 +201,15 @@ fn leaf_entry(leaf: NonNull<Leaf>, index: usize) -> &'static AtomicUsize {
 /// beyond possibly mapped leaves) when a leaf cannot be mapped or the range is outside
 /// the 48-bit space.
 pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
+    set_range_owned(start, len, entry, SpanOwner::NONE)
+}
+
+/// [`set_range`] for a span of `class` that belongs to `owner`.
+pub(crate) fn set_span(start: NonNull<u8>, len: usize, class: usize, owner: SpanOwner) -> bool {
+    set_range_owned(start, len, Entry::Small(class), owner)
+}
+
+fn set_range_owned(start: NonNull<u8>, len: usize, entry: Entry, owner: SpanOwner) -> bool {
     let first = start.as_ptr().addr();
     let Some(last) = first.checked_add(len.max(1) - 1) else {
         return false;
@@ -180,7 +227,10 @@ pub(crate) fn set_range(start: NonNull<u8>, len: usize, entry: Entry) -> bool {
         }
         root += 1;
     }
-    let bits = entry.encode();
+    let bits = match entry {
+        Entry::Small(_) => entry.encode() | (owner.0 << OWNER_SHIFT),
+        _ => entry.encode(),
+    };
     let first_granule = granule;
     while granule <= last_granule {
         // Small entries carry their distance from the range's start (a range of small
@@ -203,7 +253,7 @@ pub(crate) fn span_start(addr: usize) -> Option<usize> {
     if bits & 1 == 0 {
         return None;
     }
-    let granule = (addr >> GRANULE_SHIFT) - (bits >> OFFSET_SHIFT);
+    let granule = (addr >> GRANULE_SHIFT) - ((bits >> OFFSET_SHIFT) & OFFSET_MASK);
     Some(granule << GRANULE_SHIFT)
 }
 
@@ -249,6 +299,35 @@ mod tests {
         assert_eq!(span_start(base), None);
         assert!(set_range(region, len, Entry::None));
         assert_eq!(get(base + len / 2), Entry::None);
+        // SAFETY: ours, unused from here.
+        unsafe { os::unmap(region, len) };
+    }
+
+    #[test]
+    fn a_spans_owner_is_kept_beside_its_class_and_offsets() {
+        let len = 128 * 1024;
+        let region = os::map(len).expect("mmap");
+        let base = region.as_ptr() as usize;
+        for who in [
+            SpanOwner::NONE,
+            SpanOwner::slot(0),
+            SpanOwner::slot(MAX_OWNED_SLOTS - 1),
+        ] {
+            assert!(set_span(region, len, 3, who));
+            for offset in [0, GRANULE, len - 1] {
+                assert_eq!(get(base + offset), Entry::Small(3));
+                assert_eq!(span_start(base + offset), Some(base));
+                assert_eq!(small_owner(base + offset, 3), Some(who));
+                assert_eq!(small_owner(base + offset, 4), None);
+                assert_eq!(owner(base + offset), who);
+            }
+        }
+        assert_eq!(SpanOwner::slot(7).get(), Some(7));
+        assert_eq!(SpanOwner::NONE.get(), None);
+        assert!(set(region, Entry::Large(len)));
+        assert_eq!(owner(base), SpanOwner::NONE);
+        assert_eq!(small_owner(base, 3), None);
+        assert!(set_range(region, len, Entry::None));
         // SAFETY: ours, unused from here.
         unsafe { os::unmap(region, len) };
     }

@@ -6,6 +6,9 @@
 //! another without taking the central list's lock. When the array is full the batch goes
 //! on to the central list; when it is empty the request goes to the central list. Threads
 //! with no CPU (see the crate docs) come here in batches too, from their stripe caches.
+//!
+//! Classes the central lists partition per slot (see [`central`]'s docs) skip this array:
+//! their objects must go back to their owners' lists, and a CPU must refill from its own.
 
 use crate::central;
 use crate::fork;
@@ -31,6 +34,16 @@ fn limit(class: usize) -> usize {
 static TRANSFER: [SpinLock<ObjectStack<CAPACITY>>; NUM_CLASSES] =
     [const { SpinLock::new(ObjectStack::EMPTY) }; NUM_CLASSES];
 
+/// Fill `out` with free objects of `class` for the cache of slot `slot`: from that slot's
+/// own central list when the class is partitioned, else as [`remove`].
+pub(crate) fn remove_for_slot(class: usize, slot: usize, out: &mut [*mut u8]) -> usize {
+    if central::is_partitioned(class) {
+        fork::ensure_registered();
+        return central::remove_owned(class, slot, out);
+    }
+    remove(class, out)
+}
+
 /// Fill `out` with free objects of `class`; returns how many (0 only when out of memory).
 pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
     // Every path that takes a lock comes through here or `insert` first, holding none.
@@ -48,6 +61,12 @@ pub(crate) fn remove(class: usize, out: &mut [*mut u8]) -> usize {
 /// As for [`central::insert`].
 pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
     fork::ensure_registered();
+    if central::is_partitioned(class) {
+        // SAFETY: forwarded from the caller.
+        unsafe { central::insert(class, items) };
+        release::maybe_release();
+        return;
+    }
     {
         let mut cache = TRANSFER[class].lock();
         // All or nothing: a batch stays together on its way to the central list.

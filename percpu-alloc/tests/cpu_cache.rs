@@ -7,8 +7,11 @@
 //! "nothing is cached per CPU" and the release clock is checked through the stripe caches
 //! and central lists.
 
+mod support;
+
 use percpu_alloc::PerCpuAlloc;
 use std::time::{Duration, Instant};
+use support::{pin_to_cpu, slot};
 
 #[global_allocator]
 static A: PerCpuAlloc = PerCpuAlloc::new();
@@ -32,22 +35,6 @@ fn churn(n: usize, seed: usize) {
     for (i, b) in blocks.iter().enumerate() {
         assert!(b.iter().all(|&x| x == (seed + i) as u8));
     }
-}
-
-fn pin_to_cpu(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only touch
-    // it and the calling thread's affinity.
-    unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
-/// The slot the allocator's per-CPU caches use for this thread now: its `mm_cid` where the
-/// kernel has it (as `Rseq::CONCURRENCY_ID` indexes), else its CPU.
-fn slot() -> Option<u32> {
-    rseq_sys::mm_cid().or_else(rseq_sys::cpu_id)
 }
 
 fn cpus() -> usize {

@@ -163,6 +163,14 @@ impl private::Sealed for Rseq {}
 
 macro_rules! forward_to_sections {
     () => {
+        /// The slot index this section's thread has now (the field the section indexes by),
+        /// `None` while it is negative. A hint, as [`Backend::current_cpu`]: the thread may
+        /// migrate at once. One load, with no lookup of the thread's area.
+        #[inline(always)]
+        pub fn current_cpu(&self) -> Option<usize> {
+            imp::section_index(self.section)
+        }
+
         /// [`Backend::add`] on this thread's section.
         #[inline(always)]
         pub fn add(&self, slots: SlotArray<'_, AtomicU64>, value: u64) -> Outcome<()> {
@@ -371,6 +379,14 @@ cfg_if::cfg_if! {
             pub(super) fn current_cpu(index: IndexBy) -> Option<usize> {
                 crate::os::current_index(index)
             }
+
+            #[inline(always)]
+            pub(super) fn section_index(section: Section) -> Option<usize> {
+                // SAFETY: a section handle describes the calling thread's registered area (a
+                // `SharedSection` glibc's, which every thread has), index field included.
+                let id = unsafe { section.read_index() };
+                ((id as i32) >= 0).then_some(id as usize)
+            }
         }
     } else {
         mod imp {
@@ -415,6 +431,9 @@ cfg_if::cfg_if! {
             }
             pub(super) fn current_cpu(_: IndexBy) -> Option<usize> {
                 None
+            }
+            pub(super) fn section_index(section: Pinned) -> Option<usize> {
+                match section {}
             }
         }
     }

@@ -503,3 +503,35 @@ fn one_shared_section_serves_every_thread_exactly() {
         assert!(on_cpus > 0, "{rseq:?}");
     }
 }
+
+/// A shared section's `current_cpu` reads the field its operations index by: on a thread
+/// pinned to one CPU it names the slot an add lands on, and agrees with the backend's own
+/// lookup.
+#[test]
+fn a_shared_sections_current_cpu_is_the_slot_its_operations_use() {
+    std::thread::spawn(|| {
+        if !pin_here() {
+            return;
+        }
+        for rseq in backends() {
+            let Some(shared) = rseq.shared() else {
+                continue;
+            };
+            let slots: Vec<AtomicU64> = (0..rseq.slot_count()).map(|_| AtomicU64::new(0)).collect();
+            let hint = shared.current_cpu();
+            assert!(hint.is_some(), "{rseq:?}: glibc registers every thread");
+            assert_eq!(hint, rseq.current_cpu(), "{rseq:?}");
+            let landed = loop {
+                match shared.add(SlotArray::from_slice(&slots), 1) {
+                    Outcome::Completed { cpu, .. } => break cpu,
+                    Outcome::Aborted => continue,
+                    Outcome::NoCpu => panic!("{rseq:?}: no CPU on a glibc-registered thread"),
+                }
+            };
+            assert_eq!(Some(landed), hint, "{rseq:?}");
+            assert_eq!(slots[landed].load(Ordering::Relaxed), 1, "{rseq:?}");
+        }
+    })
+    .join()
+    .unwrap();
+}

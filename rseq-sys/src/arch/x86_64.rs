@@ -141,6 +141,26 @@ impl Section {
         }
         value
     }
+
+    /// The index field (`cpu_id` or `mm_cid`), read once, as [`Section::read_field`] does.
+    ///
+    /// # Safety
+    /// `self` describes the calling thread's registered area.
+    #[inline(always)]
+    pub(crate) unsafe fn read_index(self) -> u32 {
+        let value: u32;
+        // SAFETY: by the caller's contract `fs:[index]` is the index field of this thread's
+        // area; a plain 4-byte load.
+        unsafe {
+            asm!(
+                "mov {value:e}, dword ptr fs:[{index}]",
+                index = in(reg) self.index,
+                value = out(reg) value,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+        value
+    }
 }
 
 /// Per-CPU slots: slot `c` is at `base + c * stride`, for `c < len`.

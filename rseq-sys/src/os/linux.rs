@@ -398,7 +398,7 @@ unsafe extern "C" fn thread_exit(_: *mut c_void) {
 pub(crate) fn current_index(index: IndexBy) -> Option<usize> {
     run_in_section(index, |section| {
         // SAFETY: the section is this thread's registered area and its index field is inside.
-        unsafe { section.read_field((section.index - section.area) as usize) }
+        unsafe { section.read_index() }
     })
     .filter(|&id| (id as i32) >= 0)
     .map(|id| id as usize)
