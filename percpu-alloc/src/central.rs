@@ -35,7 +35,7 @@
 use crate::os;
 use crate::page_heap;
 use crate::pagemap::{self, SpanOwner};
-use crate::size_class::{CLASSES, NUM_CLASSES};
+use crate::size_class::{CLASSES, NUM_CLASSES, SPAN_ALIGN};
 use crate::spin::SpinLock;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -372,13 +372,23 @@ pub(crate) unsafe fn insert(class: usize, items: &[*mut u8]) {
         // SAFETY: forwarded from the caller.
         return unsafe { insert_into(&CENTRAL[class], class, items) };
     }
-    // A batch usually comes from one CPU's cache, so from one owner: one lock per run.
+    // A batch usually comes from one CPU's cache, so from one owner: one lock per run. Spans
+    // are whole, aligned `SPAN_ALIGN` blocks, so an object in the same block as the last one
+    // looked up is in the same span, with the same owner, and needs no lookup.
+    let block_of = |object: &*mut u8| object.addr() / SPAN_ALIGN;
     let mut rest = items;
     while let Some(first) = rest.first() {
         let owner = pagemap::owner(first.addr());
+        let mut block = block_of(first);
         let run = rest
             .iter()
-            .position(|object| pagemap::owner(object.addr()) != owner)
+            .position(|object| {
+                if block_of(object) == block {
+                    return false;
+                }
+                block = block_of(object);
+                pagemap::owner(object.addr()) != owner
+            })
             .unwrap_or(rest.len());
         // SAFETY: forwarded from the caller; `list_of` is the list of the run's owner.
         unsafe { insert_into(list_of(class, owner), class, &rest[..run]) };
@@ -676,12 +686,27 @@ mod tests {
         gave.sort();
         assert_eq!(got, gave);
         assert_eq!(held_by(class, slot), (on_list, 0));
-        // Back for good; the sweep finds the slot's wholly free span.
+        // A batch mixing owners (shared, this slot's, shared again) splits by owner.
+        let mut shared = [core::ptr::null_mut(); 8];
+        assert_eq!(remove(class, &mut shared), 8);
+        let shared_before = CENTRAL[class].lock().free_count();
+        let mixed: Vec<*mut u8> = shared[..4]
+            .iter()
+            .chain(&again[..16])
+            .chain(&shared[4..])
+            .copied()
+            .collect();
         // SAFETY: as above.
-        unsafe { insert(class, &again) };
+        unsafe { insert(class, &mixed) };
+        assert_eq!(CENTRAL[class].lock().free_count(), shared_before + 8);
+        assert_eq!(held_by(class, slot), (on_list + 16, 0));
+        // Back for good; the sweep finds both wholly free spans, the slot's and the shared
+        // list's (nothing else carves this class here).
+        // SAFETY: as above.
+        unsafe { insert(class, &again[16..]) };
         let (carved, _) = counts(class);
         assert!(release_free_spans(class) > 0);
-        assert_eq!(counts(class).0, carved - 32);
+        assert_eq!(counts(class).0, carved - 32 - 8);
     }
 
     #[test]

@@ -508,6 +508,7 @@ fn one_shared_section_serves_every_thread_exactly() {
 /// pinned to one CPU it names the slot an add lands on, and agrees with the backend's own
 /// lookup.
 #[test]
+#[cfg_attr(miri, ignore = "sets the CPU affinity")]
 fn a_shared_sections_current_cpu_is_the_slot_its_operations_use() {
     std::thread::spawn(|| {
         if !pin_here() {
