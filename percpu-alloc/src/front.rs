@@ -476,7 +476,8 @@ unsafe fn free_on_own_registration(class: usize, object: *mut u8, owner: SpanOwn
     unsafe { free_slow(class, object) }
 }
 
-/// [`free`] of an object whose span belongs to slot `slot`, from another CPU (or none).
+/// [`free`] of an object whose span belongs to slot `slot`, from another CPU (or none):
+/// onto that slot's central list.
 ///
 /// # Safety
 /// As for [`free`], with `slot` the owner.
@@ -484,10 +485,9 @@ unsafe fn free_on_own_registration(class: usize, object: *mut u8, owner: SpanOwn
 #[inline(never)]
 unsafe fn free_to_owner(class: usize, object: *mut u8, slot: usize) {
     // SAFETY: forwarded from the caller.
-    if unsafe { central::give_to_owner(class, slot, object) } {
-        // Free memory grew on a central list (see `transfer::insert`).
-        release::maybe_release();
-    }
+    unsafe { central::give_to_owner(class, slot, object) };
+    // Free memory grew on a central list (see `transfer::insert`).
+    release::maybe_release();
 }
 
 /// [`free`] when the first push did not take the object.

@@ -46,8 +46,8 @@
 //!   in front of the transfer cache. Classes under a cache line (8-56 B) skip the transfer
 //!   cache once the per-CPU caches exist: each slot has its own central list for them, its
 //!   refills carve only spans the pagemap records as its own, and a free on another CPU
-//!   goes back to the owning slot (through a lock-free inbox its next refill takes), so
-//!   objects handed out on different CPUs never share a line (no passive false sharing).
+//!   goes back to the owning slot's list (where its next refill finds it), so objects
+//!   handed out on different CPUs never share a line (no passive false sharing).
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
 //!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
 //!   size class (small spans) or mapped length (large allocations), so a block can be
@@ -73,10 +73,10 @@
 //! # Invariant
 //!
 //! Every free object is in exactly one place: a CPU's stack, a stripe's stack, a transfer
-//! cache, a central free list (shared, or a slot's), a slot's inbox, or an unused bump
-//! range. Per-CPU stacks are written only by committed rseq critical sections on their own
-//! slot (headers are set up before the regions are published); inboxes only by atomic
-//! pushes and whole-list takes; everything else moves objects under a lock.
+//! cache, a central free list (shared, or a slot's), or an unused bump range. Per-CPU
+//! stacks are written only by committed rseq critical sections on their own slot (headers
+//! are set up before the regions are published); everything else moves objects under a
+//! lock.
 //!
 //! # Without rseq
 //!
@@ -364,8 +364,7 @@ pub struct Stats {
     pub transfer_cache_bytes: usize,
     /// Free bytes cached for threads without a CPU (per thread stripe).
     pub no_cpu_cache_bytes: usize,
-    /// Free bytes on the central free lists and the slots' inboxes of frees from other
-    /// CPUs (not counting never-used parts of spans).
+    /// Free bytes on the central free lists (not counting never-used parts of spans).
     pub central_bytes: usize,
     /// Bytes of large allocations currently mapped.
     pub large_bytes: usize,
