@@ -382,8 +382,11 @@ cfg_if::cfg_if! {
 
             #[inline(always)]
             pub(super) fn section_index(section: Section) -> Option<usize> {
-                // SAFETY: a section handle describes the calling thread's registered area (a
-                // `SharedSection` glibc's, which every thread has), index field included.
+                // SAFETY: a handle's section is the calling thread's area: glibc's, which
+                // every thread has, for a `SharedSection`; for a `PinnedRseq` (not `Send`) the
+                // area it was made for, which stays mapped while the thread lives even after
+                // its registration ends (the field then reads negative). Either way the
+                // index field is a 4-byte field inside memory of this thread.
                 let id = unsafe { section.read_index() };
                 ((id as i32) >= 0).then_some(id as usize)
             }

@@ -145,7 +145,8 @@ impl Section {
     /// The index field (`cpu_id` or `mm_cid`), read once, as [`Section::read_field`] does.
     ///
     /// # Safety
-    /// `self` describes the calling thread's registered area.
+    /// `self` describes an area of the calling thread that is still live (registered, or
+    /// no longer: the kernel then leaves the field negative).
     #[inline(always)]
     pub(crate) unsafe fn read_index(self) -> u32 {
         let value: u32;
