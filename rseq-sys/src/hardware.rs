@@ -231,6 +231,27 @@ macro_rules! forward_to_sections {
             unsafe { imp::push_word(self.section, stacks, item) }
         }
 
+        /// [`Backend::push_word`] onto slot `cpu`'s stack, only while the thread runs
+        /// there: [`Outcome::NoCpu`] when it runs on another slot (or none, or `cpu` is past
+        /// the array), checked inside the section, so an object meant for one CPU's cache
+        /// never lands in another's. Knowing the CPU in advance lets the section leave
+        /// through labels (no status to decode), which makes this the cheaper push when the
+        /// caller has a CPU in mind, as an allocator freeing an object to the CPU that owns
+        /// it does.
+        ///
+        /// # Safety
+        /// As for [`Backend::push_word`].
+        #[inline(always)]
+        pub unsafe fn push_word_on(
+            &self,
+            stacks: SlotArray<'_, BoundedStack>,
+            cpu: usize,
+            item: *mut u8,
+        ) -> Outcome<Result<(), *mut u8>> {
+            // SAFETY: the caller upholds `Backend::push_word`'s contract.
+            unsafe { imp::push_word_on(self.section, stacks, cpu, item) }
+        }
+
         /// [`Backend::pop_word`] on this thread's section.
         ///
         /// # Safety
@@ -337,6 +358,20 @@ cfg_if::cfg_if! {
             }
 
             /// # Safety
+            /// As for [`Backend::push_word`].
+            #[inline(always)]
+            pub(super) unsafe fn push_word_on(section: Section, stacks: SlotArray<'_, BoundedStack>, cpu: usize, item: *mut u8) -> Outcome<Result<(), *mut u8>> {
+                if cpu >= stacks.len() {
+                    std::hint::cold_path();
+                    return Outcome::NoCpu;
+                }
+                // SAFETY: the caller guarantees each stack's storage, and `cpu` is one of
+                // the array's slots (checked just above).
+                let status = unsafe { arch::push_word_on(section, stacks.raw(), cpu, item) };
+                outcome(status, cpu, |declined| if declined { Err(item) } else { Ok(()) })
+            }
+
+            /// # Safety
             /// As for [`Backend::pop_word`].
             #[inline(always)]
             pub(super) unsafe fn pop_word(section: Section, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
@@ -418,6 +453,9 @@ cfg_if::cfg_if! {
                 match section {}
             }
             pub(super) unsafe fn push_word(section: Pinned, _: SlotArray<'_, BoundedStack>, _: *mut u8) -> Outcome<Result<(), *mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn push_word_on(section: Pinned, _: SlotArray<'_, BoundedStack>, _: usize, _: *mut u8) -> Outcome<Result<(), *mut u8>> {
                 match section {}
             }
             pub(super) unsafe fn pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {

@@ -16,6 +16,8 @@
 //!   compare-and-store, pop through a pointer, push with a try-store before the commit,
 //!   bounded word stacks and copy-then-commit. Each reports [`Outcome::Completed`],
 //!   [`Outcome::Aborted`] or [`Outcome::NoCpu`]; the caller retries or falls back.
+//!   [`PinnedRseq`] and [`SharedSection`] also push onto a named CPU's stack only while
+//!   running there ([`SharedSection::push_word_on`]), with no status to decode on success.
 //! - **Remote fences** ([`Backend::fence_cpu`], [`Backend::fence_all`]) through
 //!   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)`, so a structure can touch another
 //!   CPU's slots.

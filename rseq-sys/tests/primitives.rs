@@ -536,3 +536,124 @@ fn a_shared_sections_current_cpu_is_the_slot_its_operations_use() {
     .join()
     .unwrap();
 }
+
+/// `push_word_on` pushes onto the named CPU's stack only while the thread runs on that CPU:
+/// on a pinned thread it lands on its own CPU's stack, and naming any other slot, or one
+/// past the array, stores nothing anywhere and reports `NoCpu`; a full stack hands the
+/// item back.
+#[test]
+#[cfg_attr(miri, ignore = "sets the CPU affinity")]
+fn push_word_on_pushes_only_on_the_named_cpu() {
+    std::thread::spawn(|| {
+        let Some(pinned) = Rseq::CPU_ID.pin() else {
+            return; // No rseq here (the fallback mode): nothing runs on a CPU.
+        };
+        if !pin_here() {
+            return;
+        }
+        let capacity = 4;
+        let s = stacks(Rseq::CPU_ID.slot_count(), capacity);
+        let slots = SlotArray::from_slice(&s.headers);
+        let here = pinned.current_cpu().expect("a registered, pinned thread");
+        let word = std::ptr::without_provenance_mut::<u8>;
+        let push_on = |cpu: usize, item: *mut u8| {
+            // SAFETY: the storage lives in `s` for the whole test.
+            settle(|| unsafe { pinned.push_word_on(slots, cpu, item) })
+        };
+        for cpu in (0..slots.len() + 1).filter(|&cpu| cpu != here) {
+            assert_eq!(
+                push_on(cpu, word(100 + cpu)),
+                None,
+                "pushed for CPU {cpu} on {here}"
+            );
+        }
+        for i in 1..=capacity {
+            assert_eq!(push_on(here, word(i)), Some(Ok(())));
+        }
+        assert_eq!(push_on(here, word(99)), Some(Err(word(99))));
+        for (cpu, header) in s.headers.iter().enumerate() {
+            let depth = (header.top.load(Ordering::Relaxed).addr()
+                - header.begin.load(Ordering::Relaxed).addr())
+                / 8;
+            assert_eq!(depth, if cpu == here { capacity } else { 0 }, "CPU {cpu}");
+        }
+        // SAFETY: as above.
+        let pop = || settle(|| unsafe { pinned.pop_word(slots) });
+        for i in (1..=capacity).rev() {
+            assert_eq!(pop(), Some(Some(word(i))));
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Many more threads than CPUs push distinct words with `push_word_on` their current CPU
+/// (a hint, which goes stale whenever a thread migrates: then the push reports `NoCpu` and
+/// the thread asks again), preempted and migrated by the scheduler as they go. Every word
+/// ends on exactly one stack, and on the stack of the CPU the push reported.
+#[test]
+#[cfg_attr(miri, ignore = "hardware-sized: many threads and operations")]
+fn push_word_on_loses_and_duplicates_nothing_across_threads() {
+    const PUSHES: usize = 20_000;
+    let threads = THREADS;
+    let slot_count = Rseq::CPU_ID.slot_count();
+    let s = stacks(slot_count, threads * PUSHES);
+    let slots = SlotArray::from_slice(&s.headers);
+    let reported: Vec<Vec<(usize, usize)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let Some(pinned) = Rseq::CPU_ID.pin() else {
+                        return Vec::new();
+                    };
+                    let mut landed = Vec::with_capacity(PUSHES);
+                    for i in 0..PUSHES {
+                        let item = std::ptr::without_provenance_mut::<u8>(1 + t * PUSHES + i);
+                        // A thread with no CPU (none here: glibc or we registered it)
+                        // would push nothing, and the count check below would fail.
+                        while let Some(cpu) = pinned.current_cpu() {
+                            // SAFETY: the storage lives in `s` until the scope ends.
+                            match unsafe { pinned.push_word_on(slots, cpu, item) } {
+                                Outcome::Completed {
+                                    value: Ok(()),
+                                    cpu: on,
+                                } => {
+                                    assert_eq!(on, cpu);
+                                    landed.push((on, item.addr()));
+                                    break;
+                                }
+                                Outcome::Completed { value: Err(_), .. } => {
+                                    panic!("a stack sized for every push filled up")
+                                }
+                                Outcome::Aborted | Outcome::NoCpu => continue,
+                            }
+                        }
+                    }
+                    landed
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut expected: Vec<(usize, usize)> = reported.into_iter().flatten().collect();
+    let mut found = Vec::new();
+    for (cpu, header) in s.headers.iter().enumerate() {
+        let begin = header.begin.load(Ordering::Relaxed);
+        let depth = (header.top.load(Ordering::Relaxed).addr() - begin.addr()) / 8;
+        for k in 0..depth {
+            // SAFETY: `[begin, top)` holds pushed words; no section runs on them now.
+            let w = unsafe { &*begin.cast::<AtomicPtr<u8>>().add(k) }.load(Ordering::Relaxed);
+            found.push((cpu, w.addr()));
+        }
+    }
+    expected.sort_unstable();
+    found.sort_unstable();
+    assert_eq!(found, expected);
+    if Rseq::CPU_ID.pin().is_some() {
+        assert_eq!(
+            found.len(),
+            threads * PUSHES,
+            "a registered thread pushed nothing"
+        );
+    }
+}

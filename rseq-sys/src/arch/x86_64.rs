@@ -33,6 +33,32 @@ pub(crate) const ABORTED: u32 = 1;
 pub(crate) const NO_CPU: u32 = 2;
 pub(crate) const DECLINED: u32 = 3;
 
+/// The section's `struct rseq_cs` (label 4: version 0, flags 0, start 2, post-commit
+/// offset, abort 5) in `__rseq_cs`, and its address in `__rseq_cs_ptr_array`.
+macro_rules! descriptor {
+    () => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "4:\n",
+            ".long 0x0, 0x0\n",
+            ".quad 2f, (3f - 2f), 5f\n",
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            ".quad 4b\n",
+            ".popsection",
+        )
+    };
+}
+
+/// The signature the kernel checks before an abort handler: the immediate of a `ud1`, so
+/// that jumping to it by mistake traps.
+macro_rules! signature {
+    () => {
+        concat!(".byte 0x0f, 0xb9, 0x3d\n", ".long 0x53053053")
+    };
+}
+
 macro_rules! critical_section {
     (
         area: $area:expr,
@@ -46,15 +72,7 @@ macro_rules! critical_section {
         // `len` is dead once checked, so its register carries the status out.
         let status_word: usize;
         asm!(
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "4:",
-            ".long 0x0, 0x0",
-            ".quad 2f, (3f - 2f), 5f",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"",
-            ".quad 4b",
-            ".popsection",
+            descriptor!(),
             "lea {cpu}, [rip + 4b]",
             "mov qword ptr fs:[{area} + 8], {cpu}",
             "2:",
@@ -65,8 +83,7 @@ macro_rules! critical_section {
             "3:",
             "xor {len:e}, {len:e}",
             ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
+            signature!(),
             "5:",
             "mov {len:e}, 1",
             "jmp 8f",
@@ -494,4 +511,65 @@ pub(crate) unsafe fn pop_word(section: Section, slots: Slots) -> (u32, usize, *m
         );
     }
     (status, cpu, item)
+}
+
+/// Push one word onto slot `cpu`'s bounded stack, only while the thread runs on CPU `cpu`:
+/// decline if `top == end`, try-store `item` at `top`, commit `top += 8`. Returns the
+/// status (never `DECLINED` for a thread elsewhere: that is `NO_CPU`).
+///
+/// The caller names the CPU, so the section needs no output: the slot address is formed
+/// before it starts, and every exit but the commit leaves through a label (`asm goto`), so
+/// the completed path falls through with no status to test.
+///
+/// # Safety
+/// As for [`push_word`], and `cpu < slots.len`.
+#[inline(always)]
+pub(crate) unsafe fn push_word_on(
+    section: Section,
+    slots: Slots,
+    cpu: usize,
+    item: *mut u8,
+) -> u32 {
+    debug_assert!(cpu < slots.len);
+    let header = slots.base.wrapping_add(cpu.wrapping_mul(slots.stride));
+    // SAFETY: the caller guarantees the area and `cpu < len`, so `header` is slot `cpu`'s
+    // live `BoundedStack` header. The index field is compared with `cpu` before any access,
+    // so the section touches that stack only while running on its CPU; the try-store
+    // writes the free word at `top`, checked against `end`, and only the commit makes it an
+    // item. The abort handler (after the signature, outside the section) and every cold
+    // exit jump to a label: no status register is needed.
+    unsafe {
+        asm!(
+            descriptor!(),
+            "lea {top}, [rip + 4b]",
+            "mov qword ptr fs:[{area} + 8], {top}",
+            "2:",
+            "mov {top:e}, dword ptr fs:[{index}]",
+            "cmp {top}, {cpu}",
+            "jne {elsewhere}",
+            "mov {top}, qword ptr [{header}]",
+            "cmp {top}, qword ptr [{header} + 8]",
+            "jae {full}",
+            "mov qword ptr [{top}], {item}",
+            "add {top}, 8",
+            "mov qword ptr [{header}], {top}",
+            "3:",
+            ".pushsection __rseq_failure, \"ax\"",
+            signature!(),
+            "5:",
+            "jmp {aborted}",
+            ".popsection",
+            area = in(reg) section.area,
+            index = in(reg) section.index,
+            cpu = in(reg) cpu,
+            header = in(reg) header,
+            item = in(reg) item,
+            top = out(reg) _,
+            elsewhere = label { return NO_CPU; },
+            full = label { return DECLINED; },
+            aborted = label { return ABORTED; },
+            options(nostack),
+        );
+    }
+    COMPLETED
 }
