@@ -140,9 +140,12 @@ static LARGE_TABLE: [u8; LARGE_TABLE_LEN] = {
 pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
     // Most requests are aligned to at most the 8-byte granule. Every class size is a
     // multiple of 8, so rounding to such an alignment never changes `(size + 7) / 8`, and
-    // a zero size maps to the 1-byte class through entry 0: one compare pair and one load
-    // (this runs on every `alloc` and `dealloc`).
-    if align <= 8 && size <= SMALL_LOOKUP_MAX {
+    // a zero size maps to the 1-byte class through entry 0. This runs on every `alloc` and
+    // `dealloc`, so both conditions are one compare: `align >> 4` is 0 exactly when
+    // `align <= 8`, and any other value negated sets the top bit, so `size | over_aligned`
+    // is `size` for granule alignments and past `SMALL_LOOKUP_MAX` for all others.
+    let over_aligned = (align >> 4).wrapping_neg();
+    if size | over_aligned <= SMALL_LOOKUP_MAX {
         return Some(SMALL_TABLE[(size + 7) >> 3] as usize);
     }
     class_for_aligned(size, align)
