@@ -3,8 +3,9 @@
 //! One region per slot of [`Rseq::CONCURRENCY_ID`] (indexed by `mm_cid` where the kernel
 //! promises it, else by `cpu_id`), mapped once for all slots. A region starts with one
 //! [`BoundedStack`] header per size class, followed by each class's array of object
-//! pointers. Allocation is one `pop_word` critical section, free one `push_word`: a single
-//! committing store each.
+//! pointers. Allocation is one `pop_word` critical section, free one `push_word` (or
+//! `push_word_on` the CPU that owns the object's span, see [`free`]): a single committing
+//! store each.
 //!
 //! Slow paths: a miss (an empty stack on allocation, a full one on free) first grows the
 //! class's capacity on that slot (see [`capacity`]). An empty stack is refilled with a
@@ -419,12 +420,13 @@ fn until_not_aborted(mut section: impl FnMut() -> Outcome<bool>) -> bool {
 }
 
 /// Free `object` of `class`, from a span of `owner`. The fast path is one push; the rest
-/// is out of line (as in [`alloc`]). An object whose span belongs to another slot than
-/// the one the thread runs on goes back to that slot (see `central`'s partitions), so that
-/// this CPU does not hand out an object whose line another CPU's objects share. The check
-/// reads the CPU before the push, a hint: a thread that migrates between the two caches
-/// the object where it lands, and the object goes to its owner's list when that cache
-/// flushes. `SpanOwner::NONE` is always correct (it only forgoes that).
+/// is out of line (as in [`alloc`]). An object whose span belongs to a slot goes back to
+/// that slot (see `central`'s partitions), so that no other CPU hands out an object whose
+/// line the owner's objects share: the push is `push_word_on` the owner, which the section
+/// itself confirms is the CPU it runs on, and from anywhere else the object goes to its
+/// owner's central list, where the owner's next refill finds it. A thread that migrates
+/// after a decline caches the object where it lands, and it reaches its owner's list when
+/// that cache flushes. `SpanOwner::NONE` is always correct (it only forgoes that).
 ///
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once, and
@@ -434,18 +436,23 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
         // SAFETY: forwarded from the caller.
         return unsafe { free_on_own_registration(class, object, owner) };
     };
-    if let Some(slot) = owner.get() {
-        if section.current_cpu() != Some(slot) {
-            // SAFETY: forwarded from the caller.
-            return unsafe { free_to_owner(class, object, slot) };
-        }
-    }
     // SAFETY: as in `alloc`; the caller hands over the object.
-    let pushed = unsafe { section.push_word(stacks, object) };
+    let pushed = unsafe {
+        match owner.get() {
+            Some(slot) => section.push_word_on(stacks, slot, object),
+            None => section.push_word(stacks, object),
+        }
+    };
     if let Outcome::Completed { value: Ok(()), .. } = pushed {
         return;
     }
     core::hint::cold_path();
+    if let Some(slot) = owner.get() {
+        if section.current_cpu() != Some(slot) {
+            // SAFETY: forwarded from the caller (the push above did not take the object).
+            return unsafe { free_to_owner(class, object, slot) };
+        }
+    }
     // SAFETY: forwarded from the caller (the push above did not take the object).
     unsafe { free_slow(class, object) }
 }

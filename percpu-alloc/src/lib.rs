@@ -27,8 +27,9 @@
 //! - **Front end** (`front`): one region per rseq slot, indexed by `mm_cid` where the
 //!   kernel promises it (dense: few regions touched when few threads run) else by `cpu_id`
 //!   ([`rseq_sys::Rseq::CONCURRENCY_ID`]). Per class a `BoundedStack` header and an array of
-//!   object pointers: allocation is one `pop_word` critical section, free one `push_word`,
-//!   each with one committing store. An empty stack is refilled with a batch from the
+//!   object pointers: allocation is one `pop_word` critical section, free one `push_word`
+//!   (`push_word_on` the owning CPU for objects under a line), each with one committing
+//!   store. An empty stack is refilled with a batch from the
 //!   transfer cache, pushed in one section (`push_words`) when it fits, else one by one
 //!   (the thread may have migrated meanwhile; what does not fit goes back); a full one
 //!   gives a batch back, popped in one section when the stack holds that many.
@@ -45,15 +46,17 @@
 //!   Threads without a CPU keep a small stack per class on their stripe (`stripe_cache`)
 //!   in front of the transfer cache. Classes under a cache line (8-56 B) skip the transfer
 //!   cache once the per-CPU caches exist: each slot has its own central list for them, its
-//!   refills carve only spans the pagemap records as its own, and a free on another CPU
-//!   goes back to the owning slot's list (where its next refill finds it), so objects
-//!   handed out on different CPUs never share a line (no passive false sharing).
+//!   refills carve only spans recorded as its own (in the pagemap, and in a header line
+//!   at the start of each of these spans, which the free path reads), and a free on
+//!   another CPU goes back to the owning slot's list (where its next refill finds it), so
+//!   objects handed out on different CPUs never share a line (no passive false sharing).
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
 //!   arenas; a two-level radix pagemap over 48-bit addresses maps each 4 KiB granule to its
 //!   size class (small spans) or mapped length (large allocations), so a block can be
 //!   freed without its size ([`PerCpuAlloc::free`]), and [`PerCpuAlloc::usable_size`] and
-//!   `realloc` work. `dealloc` takes the class from the layout and lets the pagemap
-//!   confirm it off the critical path. Requests over 256 KiB or
+//!   `realloc` work. `dealloc` takes the class from the layout, as `GlobalAlloc`'s
+//!   contract allows, and reads no pagemap (debug builds check the class against it);
+//!   C's `free` goes by the pagemap. Requests over 256 KiB or
 //!   aligned beyond 4 KiB get their own mapping (alignment by over-reserving and trimming,
 //!   any power of two up to what the address space allows, 1 GiB included); `realloc` of
 //!   such blocks uses `mremap`. A freed large block is kept mapped for the next large
@@ -245,23 +248,35 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
 /// the caller's crate it reached the class table and the pagemap, and `front::free`,
 /// through the global offset table, two loads and an indirect jump more per free.
 ///
-/// The layout names the class (a block's class is always the one its current layout maps
-/// to: `realloc` keeps a block in place only then), so the push in `front::free` need not
-/// wait for the pagemap's two dependent loads. The pagemap still confirms the class and
-/// gives the span's owner, on branches the processor predicts and runs ahead of; when it
-/// does not confirm (large blocks, or a layout other than the block's) its word decides.
+/// The layout names the class: `GlobalAlloc` requires the layout the block was allocated
+/// with, and a block's class is always the one that layout maps to (`realloc` keeps a block
+/// in place only then). So the fast path reads no pagemap (two dependent loads and 14
+/// instructions fewer per free); debug builds still check the class against it. The
+/// classes under a line also need the span's owner (see `central`'s partitions), which the
+/// span's header gives with one load from the block's own address. Large layouts have no
+/// class and go by the pagemap.
 ///
 /// # Safety
 /// As for [`GlobalAlloc::dealloc`].
 unsafe fn dealloc_layout(ptr: *mut u8, layout: Layout) {
-    let class = size_class::class_for(layout.size(), layout.align());
-    match class.and_then(|class| Some((class, pagemap::small_owner(ptr.addr(), class)?))) {
-        // SAFETY: the caller hands back a live block this allocator returned, and the
-        // pagemap says it is an object of `class` from a span of `owner`.
-        Some((class, owner)) => unsafe { front::free(class, ptr, owner) },
+    let Some(class) = size_class::class_for(layout.size(), layout.align()) else {
         // SAFETY: forwarded from the caller.
-        None => unsafe { dealloc_by_pagemap(ptr) },
-    }
+        return unsafe { dealloc_by_pagemap(ptr) };
+    };
+    debug_assert!(
+        pagemap::small_owner(ptr.addr(), class).is_some(),
+        "dealloc with a layout other than the block's"
+    );
+    let owner = if class < central::OWNED_CLASSES {
+        // SAFETY: the caller hands back a live block of `class`, an owned class.
+        unsafe { central::span_owner(ptr) }
+    } else {
+        SpanOwner::NONE
+    };
+    // SAFETY: the caller hands back a live block this allocator returned with this layout,
+    // so an object of `class`, from a span of `owner` (spans of the classes from a line up
+    // have none).
+    unsafe { front::free(class, ptr, owner) }
 }
 
 /// [`GlobalAlloc::dealloc`] when the layout did not name the block's class: large blocks,

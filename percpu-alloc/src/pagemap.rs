@@ -116,6 +116,17 @@ impl SpanOwner {
     pub(crate) fn get(self) -> Option<usize> {
         self.0.checked_sub(1)
     }
+
+    /// The word that stands for this owner in a span's header (see `central`).
+    pub(crate) fn raw(self) -> usize {
+        self.0
+    }
+
+    /// The owner a span header's word stands for.
+    #[inline(always)]
+    pub(crate) fn from_raw(raw: usize) -> SpanOwner {
+        SpanOwner(raw)
+    }
 }
 
 fn split(addr: usize) -> Option<(usize, usize)> {
