@@ -431,6 +431,7 @@ fn until_not_aborted(mut section: impl FnMut() -> Outcome<bool>) -> bool {
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once, and
 /// `owner` is its span's owner or `SpanOwner::NONE`.
+#[inline(always)]
 pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
     let Some((stacks, section)) = shared_caches(class) else {
         // SAFETY: forwarded from the caller.

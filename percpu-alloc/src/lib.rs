@@ -203,19 +203,25 @@ fn abort_out_of_metadata() -> ! {
     unsafe { libc::abort() }
 }
 
-/// `GlobalAlloc::alloc`. The large path is out of line and called in tail position, so
-/// that `front::alloc`'s fast path, inlined here, still saves no registers.
+/// `GlobalAlloc::alloc`. Requests the granule table does not answer are out of line and
+/// called in tail position, so that `front::alloc`'s fast path, inlined here, runs straight
+/// through and still saves no registers.
 fn alloc_layout(layout: Layout) -> *mut u8 {
-    match size_class::class_for(layout.size(), layout.align()) {
+    match size_class::granule_class(layout.size(), layout.align()) {
         Some(class) => front::alloc(class),
-        None => alloc_large_layout(layout),
+        None => alloc_other_layout(layout),
     }
 }
 
+/// [`alloc_layout`] past the granule table: over 1 KiB or aligned beyond 8 bytes (a class
+/// from the rounding path), or large.
 #[inline(never)]
-fn alloc_large_layout(layout: Layout) -> *mut u8 {
-    page_heap::alloc_large(layout.size(), layout.align(), false)
-        .map_or(ptr::null_mut(), NonNull::as_ptr)
+fn alloc_other_layout(layout: Layout) -> *mut u8 {
+    match size_class::class_for_aligned(layout.size(), layout.align()) {
+        Some(class) => front::alloc(class),
+        None => page_heap::alloc_large(layout.size(), layout.align(), false)
+            .map_or(ptr::null_mut(), NonNull::as_ptr),
+    }
 }
 
 /// Free the block at `ptr`, which the pagemap says is `entry`.
@@ -253,16 +259,42 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
 /// in place only then). So the fast path reads no pagemap (two dependent loads and 14
 /// instructions fewer per free); debug builds still check the class against it. The
 /// classes under a line also need the span's owner (see `central`'s partitions), which the
-/// span's header gives with one load from the block's own address. Large layouts have no
-/// class and go by the pagemap.
+/// span's header gives with one load from the block's own address. Layouts past the
+/// granule table are out of line, as in [`alloc_layout`].
 ///
 /// # Safety
 /// As for [`GlobalAlloc::dealloc`].
 unsafe fn dealloc_layout(ptr: *mut u8, layout: Layout) {
-    let Some(class) = size_class::class_for(layout.size(), layout.align()) else {
+    match size_class::granule_class(layout.size(), layout.align()) {
+        // SAFETY: forwarded from the caller, with the class of its layout.
+        Some(class) => unsafe { free_of_class(ptr, class) },
         // SAFETY: forwarded from the caller.
-        return unsafe { dealloc_by_pagemap(ptr) };
-    };
+        None => unsafe { dealloc_other_layout(ptr, layout) },
+    }
+}
+
+/// [`dealloc_layout`] past the granule table; large layouts have no class and go by the
+/// pagemap.
+///
+/// # Safety
+/// As for [`GlobalAlloc::dealloc`].
+#[inline(never)]
+unsafe fn dealloc_other_layout(ptr: *mut u8, layout: Layout) {
+    match size_class::class_for_aligned(layout.size(), layout.align()) {
+        // SAFETY: forwarded from the caller, with the class of its layout.
+        Some(class) => unsafe { free_of_class(ptr, class) },
+        // SAFETY: forwarded from the caller.
+        None => unsafe { dealloc_by_pagemap(ptr) },
+    }
+}
+
+/// Free `ptr`, a block of `class` (the class of the layout it was allocated with).
+///
+/// # Safety
+/// `ptr` is a live block this allocator returned with a layout of class `class`, not used
+/// afterwards.
+#[inline(always)]
+unsafe fn free_of_class(ptr: *mut u8, class: usize) {
     debug_assert!(
         pagemap::small_owner(ptr.addr(), class).is_some(),
         "dealloc with a layout other than the block's"
@@ -273,9 +305,8 @@ unsafe fn dealloc_layout(ptr: *mut u8, layout: Layout) {
     } else {
         SpanOwner::NONE
     };
-    // SAFETY: the caller hands back a live block this allocator returned with this layout,
-    // so an object of `class`, from a span of `owner` (spans of the classes from a line up
-    // have none).
+    // SAFETY: the caller hands back a live block of `class`, from a span of `owner` (spans
+    // of the classes from a line up have none).
     unsafe { front::free(class, ptr, owner) }
 }
 

@@ -138,6 +138,13 @@ static LARGE_TABLE: [u8; LARGE_TABLE_LEN] = {
 /// A zero size is served as one byte, so every allocation has a unique address.
 #[inline]
 pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
+    granule_class(size, align).or_else(|| class_for_aligned(size, align))
+}
+
+/// [`class_for`] for the requests one table lookup answers (up to 1 KiB, aligned to at most
+/// 8 bytes), else `None`: the allocator's fast paths take the rest out of line.
+#[inline(always)]
+pub(crate) fn granule_class(size: usize, align: usize) -> Option<usize> {
     // Most requests are aligned to at most the 8-byte granule. Every class size is a
     // multiple of 8, so rounding to such an alignment never changes `(size + 7) / 8`, and
     // a zero size maps to the 1-byte class through entry 0. This runs on every `alloc` and
@@ -148,12 +155,12 @@ pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
     if size | over_aligned <= SMALL_LOOKUP_MAX {
         return Some(SMALL_TABLE[(size + 7) >> 3] as usize);
     }
-    class_for_aligned(size, align)
+    None
 }
 
 /// [`class_for`] for the rest: alignments over 8 bytes and sizes over 1 KiB.
 #[inline]
-fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
+pub(crate) fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
     if align > MAX_SMALL_ALIGN || size > MAX_SMALL {
         return None;
     }
@@ -270,6 +277,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The one-compare test answers exactly the requests up to 1 KiB aligned to at most 8,
+    /// for every power-of-two alignment (the largest ones too, where a shift-based test
+    /// would overflow).
+    #[test]
+    fn the_granule_shortcut_answers_exactly_its_range() {
+        for shift in 0..usize::BITS {
+            let align = 1usize << shift;
+            let edges = [
+                0,
+                1,
+                8,
+                56,
+                64,
+                1000,
+                SMALL_LOOKUP_MAX,
+                SMALL_LOOKUP_MAX + 1,
+            ];
+            for size in edges {
+                let small = align <= 8 && size <= SMALL_LOOKUP_MAX;
+                let expected = small.then(|| class_for_aligned(size, align).expect("small"));
+                assert_eq!(
+                    granule_class(size, align),
+                    expected,
+                    "size {size} align {align}"
+                );
+            }
+        }
+        assert_eq!(granule_class(usize::MAX, 1), None);
     }
 
     /// Under Miri, every this-many-th size (a prime, so the samples fall at every residue of
