@@ -126,10 +126,21 @@
 //! # Not yet
 //!
 //! Capacity moves between the classes of one CPU, not between CPUs (an idle CPU's goes back
-//! to nothing on the clock); free spans are not merged with their neighbours; no
-//! `Allocator` impl; the statistics use relaxed atomics and locks rather than
-//! percpu-counter.
+//! to nothing on the clock); free spans are not merged with their neighbours; the
+//! statistics use relaxed atomics and locks rather than percpu-counter.
+//!
+//! # `Allocator` (nightly)
+//!
+//! With the `nightly` feature (and a nightly toolchain, for the unstable `allocator_api`)
+//! `PerCpuAlloc` also implements `core::alloc::Allocator`, so one collection can use this
+//! heap without it being the global allocator: `Vec::new_in(PerCpuAlloc::new())`. `grow`
+//! and `shrink` go through `realloc` (in place where the class allows, `mremap` for large
+//! blocks) when the alignment stays.
 
+#![cfg_attr(feature = "nightly", feature(allocator_api))]
+
+#[cfg(feature = "nightly")]
+mod allocator_api;
 mod capacity;
 mod central;
 mod fork;
