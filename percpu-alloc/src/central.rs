@@ -98,7 +98,12 @@ const _: () = assert!(
 /// class's alignment (the largest power of two dividing its size, under 64), so objects
 /// after it keep their alignment.
 const SPAN_HEADER_BYTES: usize = 64;
-const _: () = assert!(CLASSES[OWNED_CLASSES - 1].size * 8 <= SPAN_ALIGN - SPAN_HEADER_BYTES);
+// `span_owner` finds the header by rounding down to `SPAN_ALIGN`: every owned class's span
+// is exactly one such block (classes grow, so the largest owned one decides).
+const _: () = assert!(
+    CLASSES[OWNED_CLASSES - 1].span_bytes == SPAN_ALIGN
+        && CLASSES[OWNED_CLASSES - 1].size * 8 <= SPAN_ALIGN - SPAN_HEADER_BYTES
+);
 
 /// Bytes at the start of a span of `class` before its first object.
 const fn header_bytes(class: usize) -> usize {

@@ -382,10 +382,15 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
             Entry::Large(len) => {
                 if align <= os::page_size() && new_size > size_class::MAX_SMALL {
                     // SAFETY: the caller hands over a live large block of mapped length `len`.
-                    return unsafe {
+                    let remapped = unsafe {
                         page_heap::realloc_large(NonNull::new_unchecked(ptr), len, new_size)
+                    };
+                    // When `mremap` refuses (out of memory, or a block the large-block cache
+                    // joined from two mappings, which `mremap` cannot move as one) the block
+                    // is untouched: copy it as any other.
+                    if let Some(new) = remapped {
+                        return new.as_ptr();
                     }
-                    .map_or(ptr::null_mut(), NonNull::as_ptr);
                 }
             }
             Entry::None => {}

@@ -97,8 +97,8 @@ pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 /// Unmap `[ptr, ptr + len)`.
 ///
 /// # Safety
-/// The range was mapped by this module (as a whole or part of a mapping), is a page
-/// multiple, and nothing uses it afterwards.
+/// The range was mapped by this module (a whole mapping, part of one, or parts of adjacent
+/// ones; under Miri a whole mapping), is a page multiple, and nothing uses it afterwards.
 #[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     #[cfg(miri)]
@@ -136,11 +136,12 @@ pub(crate) unsafe fn release(ptr: NonNull<u8>, len: usize) -> bool {
 }
 
 /// Grow or shrink the mapping `[ptr, ptr + old_len)` to `new_len` bytes, moving it if need
-/// be (`MREMAP_MAYMOVE`). `None` leaves the old mapping untouched.
+/// be (`MREMAP_MAYMOVE`). `None` leaves the old mapping untouched: the kernel refuses, for
+/// one, a range that spans two mappings.
 ///
 /// # Safety
-/// `[ptr, ptr + old_len)` is a whole mapping made by this module, not used by anyone else
-/// during the call; on success the old range must no longer be used.
+/// `[ptr, ptr + old_len)` was mapped by this module (as for [`unmap`]), is not used by
+/// anyone else during the call; on success the old range must no longer be used.
 #[cfg_attr(miri, allow(unreachable_code))]
 pub(crate) unsafe fn remap(
     ptr: NonNull<u8>,
@@ -286,8 +287,9 @@ mod interpreted {
 
     /// # Safety
     /// As for [`super::unmap`], and the range is a whole mapping (the interpreter frees only
-    /// whole allocations; the native `map_aligned` is the only caller of partial unmaps, and
-    /// here it maps aligned directly).
+    /// whole allocations; the native `map_aligned` and the large-block cache's split and
+    /// joined blocks are the only partial unmaps, and here the first maps aligned directly
+    /// and the second is off).
     pub(super) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
         let align = take_alignment(ptr);
         // SAFETY: the caller hands over a whole mapping made by `map` with this length and,
