@@ -84,16 +84,17 @@ static TABLE: SpinLock<Table> = SpinLock::new(Table {
     next_serial: 0,
 });
 
-/// Blocks taken out of the table under its lock, to be unmapped once it is released.
+/// Blocks taken out of the table under its lock, to be unmapped once it is released: at
+/// most the whole table and the one block `keep` was handed.
 struct Evicted {
-    blocks: [Kept; SLOTS],
+    blocks: [Kept; SLOTS + 1],
     count: usize,
 }
 
 impl Evicted {
     const fn new() -> Self {
         Evicted {
-            blocks: [NO_BLOCK; SLOTS],
+            blocks: [NO_BLOCK; SLOTS + 1],
             count: 0,
         }
     }

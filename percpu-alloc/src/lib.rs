@@ -267,7 +267,7 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
 ///
 /// The layout names the class: `GlobalAlloc` requires the layout the block was allocated
 /// with, and a block's class is always the one that layout maps to (`realloc` keeps a block
-/// in place only then). So the fast path reads no pagemap (two dependent loads and 14
+/// in place only then). So the fast path reads no pagemap (two dependent loads and about 15
 /// instructions fewer per free); debug builds still check the class against it. The
 /// classes under a line also need the span's owner (see `central`'s partitions), which the
 /// span's header gives with one load from the block's own address. Layouts past the
@@ -321,8 +321,8 @@ unsafe fn free_of_class(ptr: *mut u8, class: usize) {
     unsafe { front::free(class, ptr, owner) }
 }
 
-/// [`GlobalAlloc::dealloc`] when the layout did not name the block's class: large blocks,
-/// and C callers that know only the usable size. Out of line, to keep `dealloc` small.
+/// [`GlobalAlloc::dealloc`] of a layout with no class (a large block): the pagemap has its
+/// mapped length. Out of line, to keep `dealloc` small.
 ///
 /// # Safety
 /// As for [`free_entry`].
