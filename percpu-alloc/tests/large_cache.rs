@@ -188,8 +188,9 @@ fn the_release_clock_unmaps_blocks_left_unused() {
     percpu_alloc::set_release_interval(interval);
 
     let old = alloc_filled(MIB, 4);
-    // Mapped while `old` is live, so never its neighbour in the table, and larger, so the
-    // frees below never take `old`.
+    // Longer than `old`, so the requests below never take `old` alone. Should the kernel
+    // map it next to `old`, the two are kept joined, and the joined block ages as `old`
+    // (its oldest part), which the loop's count of ticks still measures.
     let ticker = alloc_filled(2 * MIB, 5);
     free(old, MIB);
     assert_eq!(kept(), MIB);
