@@ -20,7 +20,7 @@
 //! Four layers, each a module with its own contract:
 //!
 //! - **Size classes** ([`size_class`](crate)): 104 classes from 8 bytes to 256 KiB, found by
-//!   one table lookup (`(size + 7) / 8` up to 1 KiB, `(size + 127) / 128` above). Waste is
+//!   one table lookup (by the size itself up to 1 KiB, `(size + 127) / 128` above). Waste is
 //!   below 12.5% for every request over 56 bytes and under 8 bytes below. Alignment up to
 //!   4 KiB is served from the classes (a request is rounded to its alignment first; the
 //!   class found is then a multiple of it, and spans are 64 KiB-aligned).

@@ -95,7 +95,7 @@ pub(crate) const CLASS_TABLE: [Class; NUM_CLASSES] = build_classes();
 pub(crate) static CLASSES: [Class; NUM_CLASSES] = CLASS_TABLE;
 
 const SMALL_LOOKUP_MAX: usize = 1024;
-const SMALL_TABLE_LEN: usize = SMALL_LOOKUP_MAX / 8 + 1;
+const SMALL_TABLE_LEN: usize = SMALL_LOOKUP_MAX + 1;
 const LARGE_TABLE_LEN: usize = MAX_SMALL / 128 + 1;
 
 /// The first class whose size is at least `size` (by scanning; used to build the tables).
@@ -110,12 +110,15 @@ const fn first_class_at_least(size: usize) -> u8 {
     (NUM_CLASSES - 1) as u8
 }
 
-/// `SMALL_TABLE[(s + 7) / 8]` is the class for sizes `s <= 1024`.
+/// `SMALL_TABLE[s]` is the class for sizes `s <= 1024`: a byte per size rather than per
+/// 8-byte granule (1 KiB rather than 129 bytes, of which a program touches the lines of the
+/// sizes it asks for), so the lookup needs no rounding: two instructions fewer on every
+/// `alloc` and `dealloc`.
 static SMALL_TABLE: [u8; SMALL_TABLE_LEN] = {
     let mut t = [0u8; SMALL_TABLE_LEN];
     let mut i = 0;
     while i < SMALL_TABLE_LEN {
-        t[i] = first_class_at_least(if i == 0 { 1 } else { i * 8 });
+        t[i] = first_class_at_least(if i == 0 { 1 } else { i });
         i += 1;
     }
     t
@@ -146,14 +149,14 @@ pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
 #[inline(always)]
 pub(crate) fn granule_class(size: usize, align: usize) -> Option<usize> {
     // Most requests are aligned to at most the 8-byte granule. Every class size is a
-    // multiple of 8, so rounding to such an alignment never changes `(size + 7) / 8`, and
-    // a zero size maps to the 1-byte class through entry 0. This runs on every `alloc` and
+    // multiple of 8, so rounding to such an alignment never changes the class, and a zero
+    // size maps to the 1-byte class through entry 0. This runs on every `alloc` and
     // `dealloc`, so both conditions are one compare: `align >> 4` is 0 exactly when
     // `align <= 8`, and any other value negated sets the top bit, so `size | over_aligned`
     // is `size` for granule alignments and past `SMALL_LOOKUP_MAX` for all others.
     let over_aligned = (align >> 4).wrapping_neg();
     if size | over_aligned <= SMALL_LOOKUP_MAX {
-        return Some(SMALL_TABLE[(size + 7) >> 3] as usize);
+        return Some(SMALL_TABLE[size] as usize);
     }
     None
 }
@@ -167,7 +170,7 @@ pub(crate) fn class_for_aligned(size: usize, align: usize) -> Option<usize> {
     // No overflow: size <= MAX_SMALL and align <= MAX_SMALL_ALIGN.
     let rounded = (size.max(1) + align - 1) & !(align - 1);
     if rounded <= SMALL_LOOKUP_MAX {
-        Some(SMALL_TABLE[(rounded + 7) >> 3] as usize)
+        Some(SMALL_TABLE[rounded] as usize)
     } else if rounded <= MAX_SMALL {
         Some(LARGE_TABLE[(rounded + 127) >> 7] as usize)
     } else {
