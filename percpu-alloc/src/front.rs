@@ -3,7 +3,7 @@
 //! One region per slot of [`Rseq::CONCURRENCY_ID`] (indexed by `mm_cid` where the kernel
 //! promises it, else by `cpu_id`), mapped once for all slots. A region starts with one
 //! [`BoundedStack`] header per size class, followed by each class's array of object
-//! pointers. Allocation is one `pop_word` critical section, free one `push_word` (or
+//! pointers. Allocation is one pop critical section (`try_pop_word`), free one `push_word` (or
 //! `push_word_on` the CPU that owns the object's span, see [`free`]): a single committing
 //! store each.
 //!
@@ -300,9 +300,10 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
     // SAFETY: the regions keep the `BoundedStack` contract: each header delimits an array of
     // 8-byte words in the same live mapping, touched only by these operations and atomic
     // loads. The shared section is the same rseq area `BACKEND` would use.
-    let popped = unsafe { section.pop_word(stacks) };
-    if let Some(object) = popped_object(popped) {
-        return object;
+    // Objects are never null, so a null word is a failure of any kind; the slow path pops
+    // again to learn which.
+    if let Some(object) = unsafe { section.try_pop_word(stacks) } {
+        return object.as_ptr();
     }
     core::hint::cold_path();
     alloc_slow(class)
@@ -437,11 +438,14 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
         // SAFETY: forwarded from the caller.
         return unsafe { free_on_own_registration(class, object, owner) };
     };
-    // SAFETY: as in `alloc`; the caller hands over the object.
+    // SAFETY: as in `alloc`; the caller hands over the object. An owned class's object
+    // from a span of no slot's (`NONE`, past every slot) gets `NoCpu` and takes the slow
+    // path below: the fast path spends no test on that rare case.
     let pushed = unsafe {
-        match owner.get() {
-            Some(slot) => section.push_word_on(stacks, slot, object),
-            None => section.push_word(stacks, object),
+        if class < central::OWNED_CLASSES {
+            section.push_word_on(stacks, owner.index(), object)
+        } else {
+            section.push_word(stacks, object)
         }
     };
     if let Outcome::Completed { value: Ok(()), .. } = pushed {

@@ -27,7 +27,7 @@
 //! - **Front end** (`front`): one region per rseq slot, indexed by `mm_cid` where the
 //!   kernel promises it (dense: few regions touched when few threads run) else by `cpu_id`
 //!   ([`rseq_sys::Rseq::CONCURRENCY_ID`]). Per class a `BoundedStack` header and an array of
-//!   object pointers: allocation is one `pop_word` critical section, free one `push_word`
+//!   object pointers: allocation is one pop critical section, free one `push_word`
 //!   (`push_word_on` the owning CPU for objects under a line), each with one committing
 //!   store. An empty stack is refilled with a batch from the
 //!   transfer cache, pushed in one section (`push_words`) when it fits, else one by one
@@ -310,15 +310,17 @@ unsafe fn free_of_class(ptr: *mut u8, class: usize) {
         pagemap::small_owner(ptr.addr(), class).is_some(),
         "dealloc with a layout other than the block's"
     );
-    let owner = if class < central::OWNED_CLASSES {
-        // SAFETY: the caller hands back a live block of `class`, an owned class.
-        unsafe { central::span_owner(ptr) }
+    // Two inlined frees, one per branch, so that each knows whether its class is owned and
+    // the class is tested once.
+    if class < central::OWNED_CLASSES {
+        // SAFETY: the caller hands back a live block of `class`, an owned class, so its
+        // span's header names the owner.
+        unsafe { front::free(class, ptr, central::span_owner(ptr)) }
     } else {
-        SpanOwner::NONE
-    };
-    // SAFETY: the caller hands back a live block of `class`, from a span of `owner` (spans
-    // of the classes from a line up have none).
-    unsafe { front::free(class, ptr, owner) }
+        // SAFETY: the caller hands back a live block of `class`; spans of the classes from
+        // a line up have no owner.
+        unsafe { front::free(class, ptr, SpanOwner::NONE) }
+    }
 }
 
 /// [`GlobalAlloc::dealloc`] of a layout with no class (a large block): the pagemap has its

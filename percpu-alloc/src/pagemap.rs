@@ -97,24 +97,33 @@ impl Entry {
 }
 
 /// The per-CPU slot whose partition a small span belongs to (see `central`), or none (the
-/// shared lists'). Kept in the span's pagemap entries as `slot + 1`, 0 for none.
+/// shared lists'). Held as the slot itself, `usize::MAX` for none: that word is what a
+/// span's header keeps, and the free path's one bounds check against the slot count also
+/// sends "none" away. The pagemap keeps it in a span's entries as `slot + 1`, 0 for none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SpanOwner(usize);
 
 impl SpanOwner {
     /// A span of the shared lists.
-    pub(crate) const NONE: SpanOwner = SpanOwner(0);
+    pub(crate) const NONE: SpanOwner = SpanOwner(usize::MAX);
 
     /// A span of `slot`'s partition; `slot` is below [`MAX_OWNED_SLOTS`].
     pub(crate) fn slot(slot: usize) -> SpanOwner {
         debug_assert!(slot < MAX_OWNED_SLOTS);
-        SpanOwner(slot + 1)
+        SpanOwner(slot)
     }
 
     /// The owning slot, if any.
     #[inline(always)]
     pub(crate) fn get(self) -> Option<usize> {
-        self.0.checked_sub(1)
+        (self.0 != usize::MAX).then_some(self.0)
+    }
+
+    /// The owning slot, or `usize::MAX` for none: past every slot, so one compare with the
+    /// slot count tells a span owned by a slot from every other.
+    #[inline(always)]
+    pub(crate) fn index(self) -> usize {
+        self.0
     }
 
     /// The word that stands for this owner in a span's header (see `central`).
@@ -126,6 +135,16 @@ impl SpanOwner {
     #[inline(always)]
     pub(crate) fn from_raw(raw: usize) -> SpanOwner {
         SpanOwner(raw)
+    }
+
+    /// This owner in a pagemap entry's owner bits: `slot + 1`, 0 for none.
+    fn to_entry_field(self) -> usize {
+        self.0.wrapping_add(1)
+    }
+
+    /// The owner a pagemap entry's owner bits stand for.
+    fn from_entry_field(bits: usize) -> SpanOwner {
+        SpanOwner(bits.wrapping_sub(1))
     }
 }
 
@@ -163,14 +182,14 @@ pub(crate) fn get(addr: usize) -> Entry {
 pub(crate) fn small_owner(addr: usize, class: usize) -> Option<SpanOwner> {
     let bits = entry_bits(addr)?;
     (bits & ((CLASS_MASK << 1) | 1) == Entry::Small(class).encode())
-        .then_some(SpanOwner(bits >> OWNER_SHIFT))
+        .then_some(SpanOwner::from_entry_field(bits >> OWNER_SHIFT))
 }
 
 /// The owner of the small-object span holding `addr` ([`SpanOwner::NONE`] when it is in
 /// none).
 pub(crate) fn owner(addr: usize) -> SpanOwner {
     match entry_bits(addr) {
-        Some(bits) if bits & 1 == 1 => SpanOwner(bits >> OWNER_SHIFT),
+        Some(bits) if bits & 1 == 1 => SpanOwner::from_entry_field(bits >> OWNER_SHIFT),
         _ => SpanOwner::NONE,
     }
 }
@@ -239,7 +258,7 @@ fn set_range_owned(start: NonNull<u8>, len: usize, entry: Entry, owner: SpanOwne
         root += 1;
     }
     let bits = match entry {
-        Entry::Small(_) => entry.encode() | (owner.0 << OWNER_SHIFT),
+        Entry::Small(_) => entry.encode() | (owner.to_entry_field() << OWNER_SHIFT),
         _ => entry.encode(),
     };
     let first_granule = granule;

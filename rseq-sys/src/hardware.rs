@@ -252,6 +252,24 @@ macro_rules! forward_to_sections {
             unsafe { imp::push_word_on(self.section, stacks, cpu, item) }
         }
 
+        /// [`Backend::pop_word`] on this thread's section, answering with the word alone:
+        /// `None` when the pop did not complete (aborted, no CPU, empty stack) or popped a
+        /// null word. For stacks of non-null words whose callers take one slow path for
+        /// every kind of failure (an allocator's refill, which pops again with
+        /// [`pop_word`](Self::pop_word) to learn why): one test of the word replaces the
+        /// status decode.
+        ///
+        /// # Safety
+        /// As for [`Backend::pop_word`].
+        #[inline(always)]
+        pub unsafe fn try_pop_word(
+            &self,
+            stacks: SlotArray<'_, BoundedStack>,
+        ) -> Option<NonNull<u8>> {
+            // SAFETY: the caller upholds `Backend::pop_word`'s contract.
+            unsafe { imp::try_pop_word(self.section, stacks) }
+        }
+
         /// [`Backend::pop_word`] on this thread's section.
         ///
         /// # Safety
@@ -381,6 +399,14 @@ cfg_if::cfg_if! {
             }
 
             /// # Safety
+            /// As for [`Backend::pop_word`].
+            #[inline(always)]
+            pub(super) unsafe fn try_pop_word(section: Section, stacks: SlotArray<'_, BoundedStack>) -> Option<NonNull<u8>> {
+                // SAFETY: the caller guarantees each stack's storage.
+                NonNull::new(unsafe { arch::try_pop_word(section, stacks.raw()) })
+            }
+
+            /// # Safety
             /// As for [`Backend::push_copy`].
             #[inline(always)]
             pub(super) unsafe fn push_copy(section: Section, stacks: SlotArray<'_, BoundedStack>, src: &[u8]) -> Outcome<bool> {
@@ -459,6 +485,9 @@ cfg_if::cfg_if! {
                 match section {}
             }
             pub(super) unsafe fn pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn try_pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Option<NonNull<u8>> {
                 match section {}
             }
             pub(super) unsafe fn push_copy(section: Pinned, _: SlotArray<'_, BoundedStack>, _: &[u8]) -> Outcome<bool> {

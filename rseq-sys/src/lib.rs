@@ -17,7 +17,9 @@
 //!   bounded word stacks and copy-then-commit. Each reports [`Outcome::Completed`],
 //!   [`Outcome::Aborted`] or [`Outcome::NoCpu`]; the caller retries or falls back.
 //!   [`PinnedRseq`] and [`SharedSection`] also push onto a named CPU's stack only while
-//!   running there ([`SharedSection::push_word_on`]), with no status to decode on success.
+//!   running there ([`SharedSection::push_word_on`]), with no status to decode on success,
+//!   and pop a word answering with the word alone ([`SharedSection::try_pop_word`], null
+//!   for every failure), for callers that take one slow path whatever went wrong.
 //! - **Remote fences** ([`Backend::fence_cpu`], [`Backend::fence_all`]) through
 //!   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)`, so a structure can touch another
 //!   CPU's slots.

@@ -2,7 +2,7 @@
 //! with exact totals.
 
 use rseq_sys::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use rseq_sys::{Backend, BoundedStack, Outcome, Rseq, SlotArray};
+use rseq_sys::{Backend, BoundedStack, Outcome, PinnedRseq, Rseq, SlotArray};
 use std::collections::HashSet;
 use std::ptr::NonNull;
 
@@ -537,6 +537,45 @@ fn a_shared_sections_current_cpu_is_the_slot_its_operations_use() {
     .unwrap();
 }
 
+/// Runs `test` on a new thread pinned to the CPU it starts on, with that thread's pinned
+/// handle, the headers of one stack of `capacity` words per CPU slot and the thread's CPU. Does nothing
+/// where there is no rseq (the fallback mode: nothing runs on a CPU) or no pinning.
+fn on_a_pinned_thread(
+    capacity: usize,
+    test: impl FnOnce(&PinnedRseq, &[BoundedStack], usize) + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let Some(pinned) = Rseq::CPU_ID.pin() else {
+            return;
+        };
+        if !pin_here() {
+            return;
+        }
+        let s = stacks(Rseq::CPU_ID.slot_count(), capacity);
+        let here = pinned.current_cpu().expect("a registered, pinned thread");
+        test(&pinned, &s.headers, here);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Every word on `s`'s stacks, with the slot of the stack it is on. No section may run on
+/// them meanwhile.
+fn words_on(s: &Stacks) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    for (cpu, header) in s.headers.iter().enumerate() {
+        let begin = header.begin.load(Ordering::Relaxed);
+        let depth = (header.top.load(Ordering::Relaxed).addr() - begin.addr()) / 8;
+        for k in 0..depth {
+            // SAFETY: `[begin, top)` holds pushed words, and the caller runs no section
+            // on them.
+            let w = unsafe { &*begin.cast::<AtomicPtr<u8>>().add(k) }.load(Ordering::Relaxed);
+            found.push((cpu, w.addr()));
+        }
+    }
+    found
+}
+
 /// `push_word_on` pushes onto the named CPU's stack only while the thread runs on that CPU:
 /// on a pinned thread it lands on its own CPU's stack, and naming any other slot, or one
 /// past the array, stores nothing anywhere and reports `NoCpu`; a full stack hands the
@@ -544,20 +583,12 @@ fn a_shared_sections_current_cpu_is_the_slot_its_operations_use() {
 #[test]
 #[cfg_attr(miri, ignore = "sets the CPU affinity")]
 fn push_word_on_pushes_only_on_the_named_cpu() {
-    std::thread::spawn(|| {
-        let Some(pinned) = Rseq::CPU_ID.pin() else {
-            return; // No rseq here (the fallback mode): nothing runs on a CPU.
-        };
-        if !pin_here() {
-            return;
-        }
-        let capacity = 4;
-        let s = stacks(Rseq::CPU_ID.slot_count(), capacity);
-        let slots = SlotArray::from_slice(&s.headers);
-        let here = pinned.current_cpu().expect("a registered, pinned thread");
+    let capacity = 4;
+    on_a_pinned_thread(capacity, move |pinned, headers, here| {
+        let slots = SlotArray::from_slice(headers);
         let word = std::ptr::without_provenance_mut::<u8>;
         let push_on = |cpu: usize, item: *mut u8| {
-            // SAFETY: the storage lives in `s` for the whole test.
+            // SAFETY: the storage lives until `on_a_pinned_thread` returns.
             settle(|| unsafe { pinned.push_word_on(slots, cpu, item) })
         };
         for cpu in (0..slots.len() + 1).filter(|&cpu| cpu != here) {
@@ -571,7 +602,7 @@ fn push_word_on_pushes_only_on_the_named_cpu() {
             assert_eq!(push_on(here, word(i)), Some(Ok(())));
         }
         assert_eq!(push_on(here, word(99)), Some(Err(word(99))));
-        for (cpu, header) in s.headers.iter().enumerate() {
+        for (cpu, header) in slots.iter().enumerate() {
             let depth = (header.top.load(Ordering::Relaxed).addr()
                 - header.begin.load(Ordering::Relaxed).addr())
                 / 8;
@@ -582,9 +613,7 @@ fn push_word_on_pushes_only_on_the_named_cpu() {
         for i in (1..=capacity).rev() {
             assert_eq!(pop(), Some(Some(word(i))));
         }
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// Many more threads than CPUs push distinct words with `push_word_on` their current CPU
@@ -636,16 +665,7 @@ fn push_word_on_loses_and_duplicates_nothing_across_threads() {
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     let mut expected: Vec<(usize, usize)> = reported.into_iter().flatten().collect();
-    let mut found = Vec::new();
-    for (cpu, header) in s.headers.iter().enumerate() {
-        let begin = header.begin.load(Ordering::Relaxed);
-        let depth = (header.top.load(Ordering::Relaxed).addr() - begin.addr()) / 8;
-        for k in 0..depth {
-            // SAFETY: `[begin, top)` holds pushed words; no section runs on them now.
-            let w = unsafe { &*begin.cast::<AtomicPtr<u8>>().add(k) }.load(Ordering::Relaxed);
-            found.push((cpu, w.addr()));
-        }
-    }
+    let mut found = words_on(&s);
     expected.sort_unstable();
     found.sort_unstable();
     assert_eq!(found, expected);
@@ -653,6 +673,93 @@ fn push_word_on_loses_and_duplicates_nothing_across_threads() {
         assert_eq!(
             found.len(),
             threads * PUSHES,
+            "a registered thread pushed nothing"
+        );
+    }
+}
+
+/// `try_pop_word` pops what `pop_word` would, newest first, and answers `None` for an
+/// empty stack and for a thread whose CPU is past the array, touching nothing then. On a
+/// pinned thread, so that every operation meets the same stack.
+#[test]
+#[cfg_attr(miri, ignore = "sets the CPU affinity")]
+fn try_pop_word_pops_newest_first_and_none_otherwise() {
+    let capacity = 4;
+    on_a_pinned_thread(capacity, move |pinned, headers, here| {
+        let slots = SlotArray::from_slice(headers);
+        let word = std::ptr::without_provenance_mut::<u8>;
+        // An abort also answers `None`: retry a few times before taking `None` as final.
+        let try_pop = |slots| {
+            (0..100)
+                // SAFETY: the storage lives until `on_a_pinned_thread` returns.
+                .find_map(|_| unsafe { pinned.try_pop_word(slots) })
+                .map(|w| w.as_ptr())
+        };
+        assert_eq!(try_pop(slots), None, "popped from an empty stack");
+        for i in 1..=capacity {
+            // SAFETY: as above.
+            let pushed = settle(|| unsafe { pinned.push_word(slots, word(i)) });
+            assert_eq!(pushed, Some(Ok(())));
+        }
+        // The array cut short before this CPU's slot: no CPU, nothing popped.
+        let short = SlotArray::from_slice(&headers[..here]);
+        assert_eq!(try_pop(short), None, "popped past the array");
+        for i in (1..=capacity).rev() {
+            assert_eq!(try_pop(slots), Some(word(i)));
+        }
+        assert_eq!(try_pop(slots), None, "popped more than was pushed");
+    });
+}
+
+/// Many more threads than CPUs push distinct words and take them back with `try_pop_word`,
+/// preempted and migrated as they go: every word pushed is popped once or still on a stack
+/// at the end, none twice.
+#[test]
+#[cfg_attr(miri, ignore = "hardware-sized: many threads and operations")]
+fn try_pop_word_loses_and_duplicates_nothing_across_threads() {
+    const ROUNDS: usize = 20_000;
+    let threads = THREADS;
+    let slot_count = Rseq::CPU_ID.slot_count();
+    let s = stacks(slot_count, threads * ROUNDS);
+    let slots = SlotArray::from_slice(&s.headers);
+    let (pushed, popped): (Vec<Vec<usize>>, Vec<Vec<usize>>) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let Some(pinned) = Rseq::CPU_ID.pin() else {
+                        return (Vec::new(), Vec::new());
+                    };
+                    let (mut pushed, mut popped) = (Vec::new(), Vec::new());
+                    for i in 0..ROUNDS {
+                        let item = std::ptr::without_provenance_mut::<u8>(1 + t * ROUNDS + i);
+                        // SAFETY: the storage lives in `s` until the scope ends.
+                        if let Some(Ok(())) = settle(|| unsafe { pinned.push_word(slots, item) }) {
+                            pushed.push(item.addr());
+                        }
+                        // Every other round, take one back (whichever this CPU has on top).
+                        if i % 2 == 1 {
+                            // SAFETY: as above.
+                            if let Some(w) = unsafe { pinned.try_pop_word(slots) } {
+                                popped.push(w.as_ptr().addr());
+                            }
+                        }
+                    }
+                    (pushed, popped)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).unzip()
+    });
+    let mut pushed: Vec<usize> = pushed.into_iter().flatten().collect();
+    let mut accounted: Vec<usize> = popped.into_iter().flatten().collect();
+    accounted.extend(words_on(&s).into_iter().map(|(_, word)| word));
+    pushed.sort_unstable();
+    accounted.sort_unstable();
+    assert_eq!(accounted, pushed);
+    if Rseq::CPU_ID.pin().is_some() {
+        assert_eq!(
+            pushed.len(),
+            threads * ROUNDS,
             "a registered thread pushed nothing"
         );
     }

@@ -157,45 +157,59 @@ fn calibrate(workload: &Workload<'_>, threads: usize, settings: &Settings) -> f6
 
 /// Measure every contender of `spec` at every thread count, ticking `progress` once per
 /// figure, and return the table with ratios to the baseline.
+///
+/// The contenders take turns: each repetition at a thread count runs every contender once,
+/// in order, before the next repetition starts. A host whose speed drifts during the table
+/// (frequency, neighbours on a shared machine) then moves every contender's samples alike,
+/// and the ratios, taken between medians of samples drawn from the same stretch of time,
+/// stay comparable where back-to-back blocks per contender would not.
 pub fn measure_table(spec: &TableSpec<'_>, settings: &Settings, progress: &ProgressBar) -> Table {
     let first_threads = *spec.threads.first().expect("a table has thread counts");
-    let series = spec
+    // Enough operations in all for one target run if nothing scaled or contended, shared
+    // out among the threads below.
+    let total_ops: Vec<f64> = spec
         .contenders
         .iter()
         .map(|contender| {
             progress.set_message(format!("{}: {} (calibrating)", spec.id, contender.name));
             let calibrated_ns = calibrate(&contender.workload, first_threads, settings);
-            // Enough operations in all for one target run if nothing scaled or contended,
-            // shared out among the threads.
-            let total_ops = settings.target_run.as_nanos() as f64 / calibrated_ns;
-            let points = spec
-                .threads
-                .iter()
-                .map(|&threads| {
-                    progress.set_message(format!(
-                        "{}: {} at {threads} thread(s)",
-                        spec.id, contender.name
-                    ));
-                    let ops_per_thread = ((total_ops * first_threads as f64 / threads as f64)
-                        as u64)
-                        .clamp(settings.min_ops_per_thread, 1 << 32);
-                    let samples: Vec<f64> = (0..settings.repetitions)
-                        .map(|_| ns_per_op((contender.workload)(threads, ops_per_thread)))
-                        .collect();
-                    progress.inc(1);
-                    Point {
-                        threads,
-                        ns_per_op: median(&samples),
-                        ratio_to_baseline: f64::NAN,
-                        samples_ns_per_op: samples,
-                        ops_per_thread,
-                    }
-                })
-                .collect();
-            Series {
-                implementation: contender.name.clone(),
-                points,
+            settings.target_run.as_nanos() as f64 / calibrated_ns
+        })
+        .collect();
+    let mut points: Vec<Vec<Point>> = spec.contenders.iter().map(|_| Vec::new()).collect();
+    for &threads in &spec.threads {
+        progress.set_message(format!("{}: {threads} thread(s)", spec.id));
+        let ops_per_thread: Vec<u64> = total_ops
+            .iter()
+            .map(|&total| {
+                ((total * first_threads as f64 / threads as f64) as u64)
+                    .clamp(settings.min_ops_per_thread, 1 << 32)
+            })
+            .collect();
+        let mut samples: Vec<Vec<f64>> = spec.contenders.iter().map(|_| Vec::new()).collect();
+        for _ in 0..settings.repetitions {
+            for (i, contender) in spec.contenders.iter().enumerate() {
+                samples[i].push(ns_per_op((contender.workload)(threads, ops_per_thread[i])));
             }
+        }
+        for (i, samples) in samples.into_iter().enumerate() {
+            points[i].push(Point {
+                threads,
+                ns_per_op: median(&samples),
+                ratio_to_baseline: f64::NAN,
+                samples_ns_per_op: samples,
+                ops_per_thread: ops_per_thread[i],
+            });
+        }
+        progress.inc(spec.contenders.len() as u64);
+    }
+    let series = spec
+        .contenders
+        .iter()
+        .zip(points)
+        .map(|(contender, points)| Series {
+            implementation: contender.name.clone(),
+            points,
         })
         .collect();
     Table::with_ratios(

@@ -1,6 +1,7 @@
 //! x86_64 critical sections.
 //!
-//! Every primitive is one `asm!` block built by [`critical_section!`]:
+//! Every primitive is one `asm!` block, most built by [`critical_section!`] (`push_word_on`
+//! and `try_pop_word` write theirs out, to leave without a status):
 //!
 //! - its `struct rseq_cs` descriptor goes into the `__rseq_cs` section (and its address
 //!   into `__rseq_cs_ptr_array`, where debuggers and CRIU look for them);
@@ -511,6 +512,57 @@ pub(crate) unsafe fn pop_word(section: Section, slots: Slots) -> (u32, usize, *m
         );
     }
     (status, cpu, item)
+}
+
+/// [`pop_word`] that answers with the word alone: null for every exit but a completed pop
+/// (aborted, no CPU, empty), so the caller's one test of the word replaces the status
+/// decode and no status or CPU register is needed.
+///
+/// # Safety
+/// As for [`push_word`].
+#[inline(always)]
+pub(crate) unsafe fn try_pop_word(section: Section, slots: Slots) -> *mut u8 {
+    let item: *mut u8;
+    // SAFETY: as for `pop_word`, the same section with every cold exit zeroing the item
+    // instead of setting a status. The abort handler (after the signature) and the no-CPU
+    // and empty exits share that code, outside the section.
+    unsafe {
+        asm!(
+            descriptor!(),
+            "lea {item}, [rip + 4b]",
+            "mov qword ptr fs:[{area} + 8], {item}",
+            "2:",
+            "mov {cpu:e}, dword ptr fs:[{index}]",
+            "cmp {cpu}, {len}",
+            "jae 6f",
+            "imul {header}, {cpu}",
+            "add {header}, {base}",
+            "mov {cpu}, qword ptr [{header}]",
+            "cmp {cpu}, qword ptr [{header} + 16]",
+            "jbe 6f",
+            "mov {item}, qword ptr [{cpu} - 8]",
+            "sub {cpu}, 8",
+            "mov qword ptr [{header}], {cpu}",
+            "3:",
+            ".pushsection __rseq_failure, \"ax\"",
+            signature!(),
+            "5:",
+            "6:",
+            "xor {item:e}, {item:e}",
+            "jmp 8f",
+            ".popsection",
+            "8:",
+            area = in(reg) section.area,
+            index = in(reg) section.index,
+            len = in(reg) slots.len,
+            base = in(reg) slots.base,
+            header = inout(reg) slots.stride => _,
+            cpu = out(reg) _,
+            item = out(reg) item,
+            options(nostack),
+        );
+    }
+    item
 }
 
 /// Push one word onto slot `cpu`'s bounded stack, only while the thread runs on CPU `cpu`:
