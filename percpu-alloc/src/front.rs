@@ -443,12 +443,15 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
     // path below: the fast path spends no test on that rare case.
     let pushed = unsafe {
         if class < central::OWNED_CLASSES {
-            section.push_word_on(stacks, owner.index(), object)
+            matches!(
+                section.push_word_on(stacks, owner.index(), object),
+                Outcome::Completed { value: Ok(()), .. }
+            )
         } else {
-            section.push_word(stacks, object)
+            section.try_push_word(stacks, object)
         }
     };
-    if let Outcome::Completed { value: Ok(()), .. } = pushed {
+    if pushed {
         return;
     }
     core::hint::cold_path();

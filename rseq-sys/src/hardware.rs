@@ -231,6 +231,25 @@ macro_rules! forward_to_sections {
             unsafe { imp::push_word(self.section, stacks, item) }
         }
 
+        /// [`Backend::push_word`] on this thread's section, answering only whether the
+        /// word was pushed: `false` when the push did not complete (aborted, no CPU, full
+        /// stack), and the word is still the caller's. For callers that take one slow path
+        /// for every kind of failure (an allocator's free, which pushes again with
+        /// [`push_word`](Self::push_word) to learn why): the section leaves through labels,
+        /// so a completed push decodes no status.
+        ///
+        /// # Safety
+        /// As for [`Backend::push_word`].
+        #[inline(always)]
+        pub unsafe fn try_push_word(
+            &self,
+            stacks: SlotArray<'_, BoundedStack>,
+            item: *mut u8,
+        ) -> bool {
+            // SAFETY: the caller upholds `Backend::push_word`'s contract.
+            unsafe { imp::try_push_word(self.section, stacks, item) }
+        }
+
         /// [`Backend::push_word`] onto slot `cpu`'s stack, only while the thread runs
         /// there: [`Outcome::NoCpu`] when it runs on another slot (or none, or `cpu` is past
         /// the array), checked inside the section, so an object meant for one CPU's cache
@@ -399,6 +418,14 @@ cfg_if::cfg_if! {
             }
 
             /// # Safety
+            /// As for [`Backend::push_word`].
+            #[inline(always)]
+            pub(super) unsafe fn try_push_word(section: Section, stacks: SlotArray<'_, BoundedStack>, item: *mut u8) -> bool {
+                // SAFETY: the caller guarantees each stack's storage.
+                unsafe { arch::try_push_word(section, stacks.raw(), item) }
+            }
+
+            /// # Safety
             /// As for [`Backend::pop_word`].
             #[inline(always)]
             pub(super) unsafe fn try_pop_word(section: Section, stacks: SlotArray<'_, BoundedStack>) -> Option<NonNull<u8>> {
@@ -485,6 +512,9 @@ cfg_if::cfg_if! {
                 match section {}
             }
             pub(super) unsafe fn pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn try_push_word(section: Pinned, _: SlotArray<'_, BoundedStack>, _: *mut u8) -> bool {
                 match section {}
             }
             pub(super) unsafe fn try_pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Option<NonNull<u8>> {

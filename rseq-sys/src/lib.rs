@@ -18,8 +18,9 @@
 //!   [`Outcome::Aborted`] or [`Outcome::NoCpu`]; the caller retries or falls back.
 //!   [`PinnedRseq`] and [`SharedSection`] also push onto a named CPU's stack only while
 //!   running there ([`SharedSection::push_word_on`]), with no status to decode on success,
-//!   and pop a word answering with the word alone ([`SharedSection::try_pop_word`], null
-//!   for every failure), for callers that take one slow path whatever went wrong.
+//!   and push or pop a word answering only "done" or "not done"
+//!   ([`SharedSection::try_push_word`], [`SharedSection::try_pop_word`]), for callers that
+//!   take one slow path whatever went wrong.
 //! - **Remote fences** ([`Backend::fence_cpu`], [`Backend::fence_all`]) through
 //!   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)`, so a structure can touch another
 //!   CPU's slots.

@@ -678,31 +678,48 @@ fn push_word_on_loses_and_duplicates_nothing_across_threads() {
     }
 }
 
-/// `try_pop_word` pops what `pop_word` would, newest first, and answers `None` for an
-/// empty stack and for a thread whose CPU is past the array, touching nothing then. On a
-/// pinned thread, so that every operation meets the same stack.
+/// `try_push_word` and `try_pop_word` push and pop what `push_word` and `pop_word` would,
+/// newest first, and answer `false` / `None` for a full or empty stack and for a thread
+/// whose CPU is past the array, touching nothing then. On a pinned thread, so that every
+/// operation meets the same stack.
 #[test]
 #[cfg_attr(miri, ignore = "sets the CPU affinity")]
-fn try_pop_word_pops_newest_first_and_none_otherwise() {
+fn try_push_and_try_pop_move_words_or_touch_nothing() {
     let capacity = 4;
     on_a_pinned_thread(capacity, move |pinned, headers, here| {
         let slots = SlotArray::from_slice(headers);
+        let short = SlotArray::from_slice(&headers[..here]);
         let word = std::ptr::without_provenance_mut::<u8>;
-        // An abort also answers `None`: retry a few times before taking `None` as final.
+        // An abort also answers `false` / `None`: retry a few times before taking that as
+        // final.
         let try_pop = |slots| {
             (0..100)
                 // SAFETY: the storage lives until `on_a_pinned_thread` returns.
                 .find_map(|_| unsafe { pinned.try_pop_word(slots) })
                 .map(|w| w.as_ptr())
         };
+        // SAFETY: as above.
+        let try_push = |slots, w| (0..100).any(|_| unsafe { pinned.try_push_word(slots, w) });
+        let depths = || {
+            headers
+                .iter()
+                .map(|h| {
+                    (h.top.load(Ordering::Relaxed).addr() - h.begin.load(Ordering::Relaxed).addr())
+                        / 8
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(try_pop(slots), None, "popped from an empty stack");
+        assert!(!try_push(short, word(99)), "pushed past the array");
+        assert!(depths().iter().all(|&d| d == 0));
         for i in 1..=capacity {
-            // SAFETY: as above.
-            let pushed = settle(|| unsafe { pinned.push_word(slots, word(i)) });
-            assert_eq!(pushed, Some(Ok(())));
+            assert!(try_push(slots, word(i)), "push {i} of {capacity}");
         }
-        // The array cut short before this CPU's slot: no CPU, nothing popped.
-        let short = SlotArray::from_slice(&headers[..here]);
+        assert!(!try_push(slots, word(99)), "pushed onto a full stack");
+        let expected: Vec<usize> = (0..headers.len())
+            .map(|cpu| if cpu == here { capacity } else { 0 })
+            .collect();
+        assert_eq!(depths(), expected);
         assert_eq!(try_pop(short), None, "popped past the array");
         for i in (1..=capacity).rev() {
             assert_eq!(try_pop(slots), Some(word(i)));
@@ -711,12 +728,12 @@ fn try_pop_word_pops_newest_first_and_none_otherwise() {
     });
 }
 
-/// Many more threads than CPUs push distinct words and take them back with `try_pop_word`,
-/// preempted and migrated as they go: every word pushed is popped once or still on a stack
-/// at the end, none twice.
+/// Many more threads than CPUs push distinct words with `try_push_word` and take them back
+/// with `try_pop_word`, preempted and migrated as they go: every word pushed is popped once
+/// or still on a stack at the end, none twice, and none that `try_push_word` declined.
 #[test]
 #[cfg_attr(miri, ignore = "hardware-sized: many threads and operations")]
-fn try_pop_word_loses_and_duplicates_nothing_across_threads() {
+fn try_push_and_try_pop_lose_and_duplicate_nothing_across_threads() {
     const ROUNDS: usize = 20_000;
     let threads = THREADS;
     let slot_count = Rseq::CPU_ID.slot_count();
@@ -732,8 +749,10 @@ fn try_pop_word_loses_and_duplicates_nothing_across_threads() {
                     let (mut pushed, mut popped) = (Vec::new(), Vec::new());
                     for i in 0..ROUNDS {
                         let item = std::ptr::without_provenance_mut::<u8>(1 + t * ROUNDS + i);
+                        // Aborted or migrated past nothing: a registered thread gets its
+                        // push in within a few tries (the stacks never fill).
                         // SAFETY: the storage lives in `s` until the scope ends.
-                        if let Some(Ok(())) = settle(|| unsafe { pinned.push_word(slots, item) }) {
+                        if (0..1000).any(|_| unsafe { pinned.try_push_word(slots, item) }) {
                             pushed.push(item.addr());
                         }
                         // Every other round, take one back (whichever this CPU has on top).

@@ -1,7 +1,7 @@
 //! x86_64 critical sections.
 //!
-//! Every primitive is one `asm!` block, most built by [`critical_section!`] (`push_word_on`
-//! and `try_pop_word` write theirs out, to leave without a status):
+//! Every primitive is one `asm!` block, most built by [`critical_section!`] (`push_word_on`,
+//! `try_push_word` and `try_pop_word` write theirs out, to leave without a status):
 //!
 //! - its `struct rseq_cs` descriptor goes into the `__rseq_cs` section (and its address
 //!   into `__rseq_cs_ptr_array`, where debuggers and CRIU look for them);
@@ -60,6 +60,23 @@ macro_rules! signature {
     };
 }
 
+/// The section's entry: arm it (the descriptor's address into the area's `rseq_cs`, through
+/// the `{cpu}` register), then, from the start label on, read the index field into `{cpu}`
+/// and leave for `$no_cpu` when it is negative or not below `{len}`.
+macro_rules! enter_section {
+    ($no_cpu:literal) => {
+        concat!(
+            "lea {cpu}, [rip + 4b]\n",
+            "mov qword ptr fs:[{area} + 8], {cpu}\n",
+            "2:\n",
+            "mov {cpu:e}, dword ptr fs:[{index}]\n",
+            "cmp {cpu}, {len}\n",
+            "jae ",
+            $no_cpu,
+        )
+    };
+}
+
 macro_rules! critical_section {
     (
         area: $area:expr,
@@ -74,12 +91,7 @@ macro_rules! critical_section {
         let status_word: usize;
         asm!(
             descriptor!(),
-            "lea {cpu}, [rip + 4b]",
-            "mov qword ptr fs:[{area} + 8], {cpu}",
-            "2:",
-            "mov {cpu:e}, dword ptr fs:[{index}]",
-            "cmp {cpu}, {len}",
-            "jae 6f",
+            enter_section!("6f"),
             $($body,)*
             "3:",
             "xor {len:e}, {len:e}",
@@ -529,12 +541,7 @@ pub(crate) unsafe fn try_pop_word(section: Section, slots: Slots) -> *mut u8 {
     unsafe {
         asm!(
             descriptor!(),
-            "lea {item}, [rip + 4b]",
-            "mov qword ptr fs:[{area} + 8], {item}",
-            "2:",
-            "mov {cpu:e}, dword ptr fs:[{index}]",
-            "cmp {cpu}, {len}",
-            "jae 6f",
+            enter_section!("6f"),
             "imul {header}, {cpu}",
             "add {header}, {base}",
             "mov {cpu}, qword ptr [{header}]",
@@ -563,6 +570,49 @@ pub(crate) unsafe fn try_pop_word(section: Section, slots: Slots) -> *mut u8 {
         );
     }
     item
+}
+
+/// [`push_word`] that answers only whether the word was pushed: every exit but the commit
+/// leaves through one label (`asm goto`), so a completed push falls through with no status
+/// to decode, and no CPU leaves the section.
+///
+/// # Safety
+/// As for [`push_word`].
+#[inline(always)]
+pub(crate) unsafe fn try_push_word(section: Section, slots: Slots, item: *mut u8) -> bool {
+    // SAFETY: as for `push_word`, the same section leaving through a label instead of
+    // setting a status; the abort handler (after the signature, outside the section) jumps
+    // to that label too.
+    unsafe {
+        asm!(
+            descriptor!(),
+            enter_section!("{failed}"),
+            "imul {header}, {cpu}",
+            "add {header}, {base}",
+            "mov {cpu}, qword ptr [{header}]",
+            "cmp {cpu}, qword ptr [{header} + 8]",
+            "jae {failed}",
+            "mov qword ptr [{cpu}], {item}",
+            "add {cpu}, 8",
+            "mov qword ptr [{header}], {cpu}",
+            "3:",
+            ".pushsection __rseq_failure, \"ax\"",
+            signature!(),
+            "5:",
+            "jmp {failed}",
+            ".popsection",
+            area = in(reg) section.area,
+            index = in(reg) section.index,
+            len = in(reg) slots.len,
+            base = in(reg) slots.base,
+            item = in(reg) item,
+            header = inout(reg) slots.stride => _,
+            cpu = out(reg) _,
+            failed = label { return false; },
+            options(nostack),
+        );
+    }
+    true
 }
 
 /// Push one word onto slot `cpu`'s bounded stack, only while the thread runs on CPU `cpu`:
