@@ -327,16 +327,28 @@ fn popped_object(popped: Outcome<Option<*mut u8>>) -> Option<*mut u8> {
 /// and finds the stacks again.
 #[inline(never)]
 fn alloc_on_own_registration(class: usize) -> *mut u8 {
-    if let Some(base) = ready_base() {
-        let stacks = stacks_at(base, class);
-        // SAFETY: as in `alloc`.
-        let popped = unsafe { BACKEND.pop_word(stacks) };
-        if let Some(object) = popped_object(popped) {
-            return object;
+    let Some(base) = ready_base() else {
+        if without_caches() {
+            return stripe_cache::alloc(class);
         }
+        return alloc_slow(class);
+    };
+    let stacks = stacks_at(base, class);
+    // SAFETY: as in `alloc`.
+    let popped = unsafe { BACKEND.pop_word(stacks) };
+    if let Some(object) = popped_object(popped) {
+        return object;
     }
     core::hint::cold_path();
     alloc_slow(class)
+}
+
+/// Whether the per-CPU caches will never exist (no rseq, or no memory for them): every
+/// operation then goes straight to the stripe caches, rather than through the slow paths'
+/// attempt to set the regions up.
+#[inline(always)]
+fn without_caches() -> bool {
+    STATE.load(Ordering::Relaxed) == DISABLED
 }
 
 /// [`alloc`] when the first pop did not hand out an object.
@@ -478,13 +490,19 @@ unsafe fn free_on_own_registration(class: usize, object: *mut u8, owner: SpanOwn
             return unsafe { free_to_owner(class, object, slot) };
         }
     }
-    if let Some(base) = ready_base() {
-        let stacks = stacks_at(base, class);
-        // SAFETY: as in `alloc`; the caller hands over the object.
-        let pushed = unsafe { BACKEND.push_word(stacks, object) };
-        if let Outcome::Completed { value: Ok(()), .. } = pushed {
-            return;
+    let Some(base) = ready_base() else {
+        if without_caches() {
+            // SAFETY: forwarded from the caller.
+            return unsafe { stripe_cache::free(class, object) };
         }
+        // SAFETY: forwarded from the caller.
+        return unsafe { free_slow(class, object) };
+    };
+    let stacks = stacks_at(base, class);
+    // SAFETY: as in `alloc`; the caller hands over the object.
+    let pushed = unsafe { BACKEND.push_word(stacks, object) };
+    if let Outcome::Completed { value: Ok(()), .. } = pushed {
+        return;
     }
     core::hint::cold_path();
     // SAFETY: forwarded from the caller (the push above did not take the object).

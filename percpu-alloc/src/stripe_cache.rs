@@ -15,13 +15,20 @@
 
 use crate::object_stack::{self, ObjectStack};
 use crate::size_class::{CLASSES, NUM_CLASSES};
-use crate::spin::SpinLock;
+use crate::spin::{SpinGuard, SpinLock};
 use crate::transfer;
 use crate::{fork, release};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The most stripes kept; with more CPUs, threads share stripes (still this many ways).
 const MAX_STRIPES: usize = 16;
+/// Stripes per CPU (up to [`MAX_STRIPES`]). A thread without a CPU is often one of more
+/// threads than CPUs, and threads sharing a stripe contend for its locks, worst when the
+/// holder is preempted. With one stripe per CPU, a batch loop in fallback mode (8 threads
+/// on 2 CPUs, 1000 x 64 B each) ran at a median 2.1x glibc's time per block (1.5-6.0x in 6
+/// runs); with four, 1.6x (1.5-1.8x), in the same 6 alternating runs (2026-12-07). The cost
+/// is what more stripes can hold, which the release sweeps drain.
+const STRIPES_PER_CPU: usize = 4;
 /// Room for objects in each stripe's stack per class: an entry (lock, length, objects)
 /// fills two 128-byte blocks (the unit the adjacent-line prefetcher pulls in). With 14
 /// objects (one block) a batch of 1000 small blocks reached the shared transfer cache every
@@ -54,7 +61,8 @@ fn entry(class: usize) -> &'static SpinLock<Stack> {
     let mut stripes = IN_USE.load(Ordering::Relaxed);
     if stripes == 0 {
         // Racing first uses compute the same value.
-        stripes = rseq_sys::stripe::count(rseq_sys::possible_cpus()).min(MAX_STRIPES);
+        stripes =
+            rseq_sys::stripe::count(STRIPES_PER_CPU * rseq_sys::possible_cpus()).min(MAX_STRIPES);
         IN_USE.store(stripes, Ordering::Relaxed);
     }
     &STRIPES[rseq_sys::stripe::current(stripes)][class].0
@@ -92,24 +100,36 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
 pub(crate) unsafe fn free(class: usize, object: *mut u8) {
     fork::ensure_registered();
     let limit = limit(class);
+    let mut stack = entry(class).lock();
+    if stack.push(object, limit) {
+        return;
+    }
+    // SAFETY: forwarded from the caller; `stack` is the full stack, still locked.
+    unsafe { spill(class, object, stack, limit) }
+}
+
+/// [`free`] onto a full `stack` (locked): the newer half goes on to the transfer cache
+/// with `object`, in the order freed. Out of line, so that the common free neither zeroes
+/// nor reserves the overflow buffer: those stores, ahead of the lock's locked instruction,
+/// made it wait for them.
+///
+/// Keeping the older half and passing runs of consecutive frees along keeps objects freed
+/// together together, so whole spans come free for a release sweep (handing on the older
+/// half interleaved the caches' objects with the central list's: tests/release.rs in
+/// fallback mode kept 12-15 MiB more of fragmented spans).
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn spill(class: usize, object: *mut u8, mut stack: SpinGuard<'_, Stack>, limit: usize) {
     let mut overflow = [core::ptr::null_mut(); CAPACITY + 1];
-    let n = {
-        let mut stack = entry(class).lock();
-        if stack.push(object, limit) {
-            return;
-        }
-        // Full: the newer half goes on with `object`, in the order freed. Keeping the older
-        // half and passing runs of consecutive frees along keeps objects freed together
-        // together, so whole spans come free for a release sweep (handing on the older half
-        // interleaved the caches' objects with the central list's: tests/release.rs in
-        // fallback mode kept 12-15 MiB more of fragmented spans).
-        let n = stack.split_off(limit / 2, &mut overflow);
-        overflow[n] = object;
-        n + 1
-    };
-    // SAFETY: `object` from the caller; the others were free in this stack and are now
+    let n = stack.split_off(limit / 2, &mut overflow);
+    drop(stack);
+    overflow[n] = object;
+    // SAFETY: `object` from the caller; the others were free in the stack and are now
     // only in `overflow`.
-    unsafe { transfer::insert(class, &overflow[..n]) };
+    unsafe { transfer::insert(class, &overflow[..=n]) };
     release::maybe_tick();
 }
 

@@ -152,8 +152,17 @@ impl Disturber {
             .push(current_tid());
     }
 
-    /// Stop disturbing the calling thread.
+    /// Stop disturbing the calling thread, once the disturber has signalled some worker: a
+    /// worker bounded by a count of operations can otherwise finish before the disturber
+    /// first runs (in fallback mode a whole stress test takes a few milliseconds on two
+    /// CPUs), and a run that was never disturbed tests nothing. Waits at most
+    /// [`Disturber::GRACE`], so that a broken disturber fails the test's own check instead
+    /// of hanging it.
     pub fn retire(&self) {
+        let give_up = Instant::now() + Self::GRACE;
+        while self.signals_sent() == 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let tid = current_tid();
         self.shared
             .workers
