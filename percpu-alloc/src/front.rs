@@ -3,9 +3,9 @@
 //! One region per slot of [`Rseq::CONCURRENCY_ID`] (indexed by `mm_cid` where the kernel
 //! promises it, else by `cpu_id`), mapped once for all slots. A region starts with one
 //! [`BoundedStack`] header per size class, followed by each class's array of object
-//! pointers. Allocation is one pop critical section (`try_pop_word`), free one `push_word` (or
-//! `push_word_on` the CPU that owns the object's span, see [`free`]): a single committing
-//! store each.
+//! pointers. Allocation is one `try_pop_word` critical section, free one `try_push_word`
+//! (or `push_word_on` the CPU that owns the object's span, see [`free`]): a single
+//! committing store each, and no status to decode when they complete.
 //!
 //! Slow paths: a miss (an empty stack on allocation, a full one on free) first grows the
 //! class's capacity on that slot (see [`capacity`]). An empty stack is refilled with a

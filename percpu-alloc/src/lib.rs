@@ -27,7 +27,7 @@
 //! - **Front end** (`front`): one region per rseq slot, indexed by `mm_cid` where the
 //!   kernel promises it (dense: few regions touched when few threads run) else by `cpu_id`
 //!   ([`rseq_sys::Rseq::CONCURRENCY_ID`]). Per class a `BoundedStack` header and an array of
-//!   object pointers: allocation is one pop critical section, free one `push_word`
+//!   object pointers: allocation is one pop critical section, free one push
 //!   (`push_word_on` the owning CPU for objects under a line), each with one committing
 //!   store. An empty stack is refilled with a batch from the
 //!   transfer cache, pushed in one section (`push_words`) when it fits, else one by one
