@@ -31,14 +31,15 @@
 //! sweep below still finds every wholly free span. Spans carved before the caches existed,
 //! or by threads with no CPU, have no owner and stay on the shared list.
 //!
-//! Every span of these classes starts with a header line that holds its owner
-//! ([`span_owner`]), so the free fast path finds the owner with one load from the object's
-//! own address (`SPAN_ALIGN`-aligned spans: the header is at the object's address rounded
+//! Every span of these classes starts with a header line that holds its owner and the
+//! owner's stack for the class ([`span_owner`], [`span_owner_and_stack`]), so the free fast
+//! path finds both with two loads from one line at the object's own address (`SPAN_ALIGN`-aligned spans: the header is at the object's address rounded
 //! down) rather than the pagemap's two dependent loads. The line is written once, when the
 //! span is carved, and only read afterwards, so it is shared by every CPU without moving;
 //! it costs 64 bytes of each 64 KiB span (0.1%). The pagemap records the same owner, for
 //! the paths that start from an address alone.
 
+use crate::front;
 use crate::os;
 use crate::page_heap;
 use crate::pagemap::{self, SpanOwner};
@@ -46,6 +47,7 @@ use crate::size_class::{CLASSES, NUM_CLASSES, SPAN_ALIGN};
 use crate::spin::SpinLock;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use rseq_sys::BoundedStack;
 
 struct Central {
     /// Free objects: `stack[..len]`, in a mapping with room for `room` pointers (none
@@ -137,6 +139,22 @@ pub(crate) unsafe fn span_owner(object: *mut u8) -> SpanOwner {
     // while one of its objects is in use.
     let raw = unsafe { AtomicUsize::from_ptr(header.cast::<usize>()) }.load(Ordering::Relaxed);
     SpanOwner::from_raw(raw)
+}
+
+/// The owner of the span holding `object` and the owner's stack for the span's class (see
+/// [`front::owner_stack`]; null exactly when the span has no owner), from the span's
+/// header: two loads from one line.
+///
+/// # Safety
+/// As for [`span_owner`].
+#[inline(always)]
+pub(crate) unsafe fn span_owner_and_stack(object: *mut u8) -> (SpanOwner, *const BoundedStack) {
+    let header = object.map_addr(|addr| addr & !(SPAN_ALIGN - 1));
+    // SAFETY: as in `span_owner`; the second word was stored with the first.
+    let stack = unsafe { AtomicPtr::from_ptr(header.add(8).cast::<*mut BoundedStack>()) }
+        .load(Ordering::Relaxed);
+    // SAFETY: forwarded from the caller.
+    (unsafe { span_owner(object) }, stack.cast_const())
 }
 
 /// One slot's lists for the owned classes. All-zero bytes are a valid value of it (null
@@ -407,10 +425,25 @@ fn take_or_carve(list: &mut Central, class: usize, owner: SpanOwner, out: &mut [
             };
             let first = header_bytes(class);
             if first > 0 {
+                // A header with an owner always has the owner's stack: the free fast path
+                // relies on it. Owned spans are carved for a slot's refill, once the
+                // regions exist; a partition without them (only unit tests make one) gets
+                // headers of no owner, which forgo the routing on the fast path.
+                let stack = front::owner_stack(owner, class);
+                let header_owner = if stack.is_null() {
+                    SpanOwner::NONE
+                } else {
+                    owner
+                };
                 // SAFETY: the span is fresh and ours alone (under the list's lock, not yet
-                // handed out), 64 KiB-aligned, so its first word is aligned and no object's.
-                unsafe { AtomicUsize::from_ptr(span.as_ptr().cast::<usize>()) }
-                    .store(owner.raw(), Ordering::Relaxed);
+                // handed out), 64 KiB-aligned, so its first two words are aligned and no
+                // object's (the header is a whole line).
+                unsafe {
+                    AtomicUsize::from_ptr(span.as_ptr().cast::<usize>())
+                        .store(header_owner.raw(), Ordering::Relaxed);
+                    AtomicPtr::from_ptr(span.as_ptr().add(8).cast::<*mut BoundedStack>())
+                        .store(stack.cast_mut(), Ordering::Relaxed);
+                }
             }
             list.bump = span.as_ptr().wrapping_add(first);
             list.bump_left = objects_per_span(class) * size;
@@ -667,15 +700,31 @@ mod tests {
     fn owned_objects_go_back_to_their_slot_and_only_there() {
         // Only this test uses class 4 in this binary.
         let class = 4;
+        // The header names the owner and its stack for the class when the per-CPU caches
+        // exist (with rseq: set up here, if no other test did); without them this test's
+        // partitions are made by hand, and the headers name no owner and no stack.
+        let warm = crate::front::alloc(0);
+        // SAFETY: a fresh object of class 0, freed once (`NONE` is always a valid owner).
+        unsafe { crate::front::free(0, warm, SpanOwner::NONE) };
         let slots = partition_slots();
         assert!(slots > 0 && is_partitioned(class));
         let slot = slots - 1;
         let mut batch = [core::ptr::null_mut(); 32];
         assert_eq!(remove_owned(class, slot, &mut batch), 32);
+        let stack = crate::front::owner_stack(SpanOwner::slot(slot), class);
+        let header_owner = if stack.is_null() {
+            SpanOwner::NONE
+        } else {
+            SpanOwner::slot(slot)
+        };
+        assert_eq!(stack.is_null(), !crate::front::is_active());
         for &object in &batch {
             assert_eq!(pagemap::owner(object.addr()), SpanOwner::slot(slot));
             // SAFETY: a live object of an owned class, just taken from its list.
-            assert_eq!(unsafe { span_owner(object) }, SpanOwner::slot(slot));
+            assert_eq!(unsafe { span_owner(object) }, header_owner);
+            // SAFETY: as above.
+            let from_header = unsafe { span_owner_and_stack(object) };
+            assert_eq!(from_header, (header_owner, stack));
             assert!(
                 object.addr() % SPAN_ALIGN >= SPAN_HEADER_BYTES,
                 "an object on the header"
@@ -707,6 +756,8 @@ mod tests {
         for &object in &shared {
             // SAFETY: as above.
             assert_eq!(unsafe { span_owner(object) }, SpanOwner::NONE);
+            // SAFETY: as above.
+            assert!(unsafe { span_owner_and_stack(object) }.1.is_null());
         }
         let shared_before = CENTRAL[class].lock().free_count();
         let mixed: Vec<*mut u8> = shared[..4]

@@ -278,6 +278,18 @@ impl SlotStacks for Slot {
     }
 }
 
+/// Slot `owner`'s stack for `class`, which the headers of that slot's spans of `class` keep
+/// (see `central`); null when the span has no owner or the slot does not exist. The
+/// regions never move or go away once published, so the address stays valid.
+pub(crate) fn owner_stack(owner: SpanOwner, class: usize) -> *const BoundedStack {
+    owner
+        .get()
+        .and_then(Slot::get)
+        .map_or(core::ptr::null(), |slot| {
+            core::ptr::from_ref(slot.header(class))
+        })
+}
+
 /// A miss on `class` on slot `index`: count it and grow the class there; returns the
 /// class's capacity on that slot now (0 when the slot is unknown).
 fn grow_on_miss(index: usize, class: usize) -> usize {
@@ -467,14 +479,72 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
         return;
     }
     core::hint::cold_path();
+    // SAFETY: forwarded from the caller (the push above did not take the object).
+    unsafe { free_after_decline(class, object, owner, section) }
+}
+
+/// [`free`] when the fast push did not take the object: to the owner's central list from
+/// any other CPU, else the slow path.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+unsafe fn free_after_decline(
+    class: usize,
+    object: *mut u8,
+    owner: SpanOwner,
+    section: SharedSection,
+) {
     if let Some(slot) = owner.get() {
         if section.current_cpu() != Some(slot) {
-            // SAFETY: forwarded from the caller (the push above did not take the object).
+            // SAFETY: forwarded from the caller.
             return unsafe { free_to_owner(class, object, slot) };
         }
     }
-    // SAFETY: forwarded from the caller (the push above did not take the object).
+    // SAFETY: forwarded from the caller.
     unsafe { free_slow(class, object) }
+}
+
+/// [`free`] of an object of an owned class, with its span's owner and that owner's stack for
+/// `class` from the span's header. The fast path pushes straight onto that stack, while the
+/// thread runs on the owner (`push_word_on_stack`): no slot arithmetic, no bounds check,
+/// and no test of the slot count, since an object whose span has a stack came from a
+/// published region. Everything else is [`free`]'s slow path.
+///
+/// # Safety
+/// As for [`free`], and `stack` is [`owner_stack`]`(owner, class)` (null for no owner).
+#[inline(always)]
+pub(crate) unsafe fn free_owned(
+    class: usize,
+    object: *mut u8,
+    owner: SpanOwner,
+    stack: *const BoundedStack,
+) {
+    debug_assert!(class < central::OWNED_CLASSES && stack == owner_stack(owner, class));
+    let Some(section) = shared_section() else {
+        // SAFETY: forwarded from the caller.
+        return unsafe { free_on_own_registration(class, object, owner) };
+    };
+    // SAFETY: on the owner's CPU `stack` is that slot's live stack for `class` (the caller's
+    // contract), which only sections on that CPU write; elsewhere, and for no owner
+    // (`usize::MAX`, which no index field equals), the section does not read it.
+    let pushed = unsafe { section.push_word_on_stack(stack, owner.index(), object) };
+    if let Outcome::Completed { value: Ok(()), .. } = pushed {
+        return;
+    }
+    core::hint::cold_path();
+    // SAFETY: forwarded from the caller (the push above did not take the object).
+    unsafe { free_after_decline(class, object, owner, section) }
+}
+
+/// The process-wide section, once the regions are published with one (the fast paths).
+#[inline(always)]
+fn shared_section() -> Option<SharedSection> {
+    if REGIONS.shared_base.load(Ordering::Acquire).is_null() {
+        return None;
+    }
+    // SAFETY: as in `shared_caches`.
+    Some(unsafe { (*REGIONS.shared.get()).unwrap_unchecked() })
 }
 
 /// [`free`] when there is no process-wide section, or the regions are not ready yet (see

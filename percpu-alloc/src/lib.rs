@@ -47,7 +47,8 @@
 //!   in front of the transfer cache. Classes under a cache line (8-56 B) skip the transfer
 //!   cache once the per-CPU caches exist: each slot has its own central list for them, its
 //!   refills carve only spans recorded as its own (in the pagemap, and in a header line
-//!   at the start of each of these spans, which the free path reads), and a free on
+//!   at the start of each of these spans, which also holds the owner's stack for the class
+//!   and which the free path reads), and a free on
 //!   another CPU goes back to the owning slot's list (where its next refill finds it), so
 //!   objects handed out on different CPUs never share a line (no passive false sharing).
 //! - **Back end** (`page_heap`, `pagemap`, `os`): spans cut from 64 MiB `MAP_NORESERVE`
@@ -270,7 +271,8 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
 /// in place only then). So the fast path reads no pagemap (two dependent loads and about 15
 /// instructions fewer per free); debug builds still check the class against it. The
 /// classes under a line also need the span's owner (see `central`'s partitions), which the
-/// span's header gives with one load from the block's own address. Layouts past the
+/// span's header gives, with the owner's stack for the class, in two loads from one line at
+/// the block's own address; the push goes straight onto that stack. Layouts past the
 /// granule table are out of line, as in [`alloc_layout`].
 ///
 /// # Safety
@@ -314,8 +316,11 @@ unsafe fn free_of_class(ptr: *mut u8, class: usize) {
     // the class is tested once.
     if class < central::OWNED_CLASSES {
         // SAFETY: the caller hands back a live block of `class`, an owned class, so its
-        // span's header names the owner.
-        unsafe { front::free(class, ptr, central::span_owner(ptr)) }
+        // span's header names the owner and the owner's stack.
+        unsafe {
+            let (owner, stack) = central::span_owner_and_stack(ptr);
+            front::free_owned(class, ptr, owner, stack)
+        }
     } else {
         // SAFETY: the caller hands back a live block of `class`; spans of the classes from
         // a line up have no owner.

@@ -271,6 +271,28 @@ macro_rules! forward_to_sections {
             unsafe { imp::push_word_on(self.section, stacks, cpu, item) }
         }
 
+        /// [`push_word_on`](Self::push_word_on) onto the stack at `stack`, the caller's
+        /// stack for CPU `cpu` found some other way than through a [`SlotArray`] (an
+        /// allocator that keeps the address next to the CPU, say). The section reads
+        /// `stack` only after confirming that the thread runs on `cpu`; elsewhere it
+        /// reports [`Outcome::NoCpu`] and `stack` may be anything.
+        ///
+        /// # Safety
+        /// Whenever the calling thread runs on CPU `cpu` (as this handle's index field
+        /// counts CPUs), `stack` points to a live [`BoundedStack`] that meets
+        /// [`Backend::push_word`]'s contract for that CPU's slot: its storage is live, and
+        /// nothing but critical sections on CPU `cpu` and atomic loads touch it.
+        #[inline(always)]
+        pub unsafe fn push_word_on_stack(
+            &self,
+            stack: *const BoundedStack,
+            cpu: usize,
+            item: *mut u8,
+        ) -> Outcome<Result<(), *mut u8>> {
+            // SAFETY: forwarded from the caller.
+            unsafe { imp::push_word_on_stack(self.section, stack, cpu, item) }
+        }
+
         /// [`Backend::pop_word`] on this thread's section, answering with the word alone:
         /// `None` when the pop did not complete (aborted, no CPU, empty stack) or popped a
         /// null word. For stacks of non-null words whose callers take one slow path for
@@ -409,6 +431,15 @@ cfg_if::cfg_if! {
             }
 
             /// # Safety
+            /// As for `push_word_on_stack` on the handles.
+            #[inline(always)]
+            pub(super) unsafe fn push_word_on_stack(section: Section, stack: *const BoundedStack, cpu: usize, item: *mut u8) -> Outcome<Result<(), *mut u8>> {
+                // SAFETY: forwarded from the caller.
+                let status = unsafe { arch::push_word_on_header(section, stack.cast_mut().cast::<u8>(), cpu, item) };
+                outcome(status, cpu, |declined| if declined { Err(item) } else { Ok(()) })
+            }
+
+            /// # Safety
             /// As for [`Backend::pop_word`].
             #[inline(always)]
             pub(super) unsafe fn pop_word(section: Section, stacks: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {
@@ -509,6 +540,9 @@ cfg_if::cfg_if! {
                 match section {}
             }
             pub(super) unsafe fn push_word_on(section: Pinned, _: SlotArray<'_, BoundedStack>, _: usize, _: *mut u8) -> Outcome<Result<(), *mut u8>> {
+                match section {}
+            }
+            pub(super) unsafe fn push_word_on_stack(section: Pinned, _: *const BoundedStack, _: usize, _: *mut u8) -> Outcome<Result<(), *mut u8>> {
                 match section {}
             }
             pub(super) unsafe fn pop_word(section: Pinned, _: SlotArray<'_, BoundedStack>) -> Outcome<Option<*mut u8>> {

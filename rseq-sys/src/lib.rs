@@ -17,7 +17,9 @@
 //!   bounded word stacks and copy-then-commit. Each reports [`Outcome::Completed`],
 //!   [`Outcome::Aborted`] or [`Outcome::NoCpu`]; the caller retries or falls back.
 //!   [`PinnedRseq`] and [`SharedSection`] also push onto a named CPU's stack only while
-//!   running there ([`SharedSection::push_word_on`]), with no status to decode on success,
+//!   running there ([`SharedSection::push_word_on`], or
+//!   [`SharedSection::push_word_on_stack`] given the stack's address), with no status to
+//!   decode on success,
 //!   and push or pop a word answering only "done" or "not done"
 //!   ([`SharedSection::try_push_word`], [`SharedSection::try_pop_word`]), for callers that
 //!   take one slow path whatever went wrong.

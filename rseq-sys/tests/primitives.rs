@@ -616,6 +616,51 @@ fn push_word_on_pushes_only_on_the_named_cpu() {
     });
 }
 
+/// `push_word_on_stack` pushes onto the stack it is given only while the thread runs on the
+/// named CPU, and elsewhere never reads it (a null stack is fine there); a full stack hands
+/// the item back.
+#[test]
+#[cfg_attr(miri, ignore = "sets the CPU affinity")]
+fn push_word_on_stack_pushes_only_while_on_the_named_cpu() {
+    let capacity = 4;
+    on_a_pinned_thread(capacity, move |pinned, headers, here| {
+        let word = std::ptr::without_provenance_mut::<u8>;
+        let mine: *const BoundedStack = &headers[here];
+        let push = |stack: *const BoundedStack, cpu: usize, item: *mut u8| {
+            // SAFETY: `mine` is this CPU's stack, alive until `on_a_pinned_thread` returns;
+            // for any other CPU the stack is not read.
+            settle(|| unsafe { pinned.push_word_on_stack(stack, cpu, item) })
+        };
+        for cpu in (0..headers.len() + 1)
+            .chain([usize::MAX])
+            .filter(|&cpu| cpu != here)
+        {
+            assert_eq!(push(std::ptr::null(), cpu, word(7)), None, "CPU {cpu}");
+            assert_eq!(
+                push(mine, cpu, word(7)),
+                None,
+                "CPU {cpu} onto {here}'s stack"
+            );
+        }
+        for i in 1..=capacity {
+            assert_eq!(push(mine, here, word(i)), Some(Ok(())));
+        }
+        assert_eq!(push(mine, here, word(99)), Some(Err(word(99))));
+        for (cpu, header) in headers.iter().enumerate() {
+            let depth = (header.top.load(Ordering::Relaxed).addr()
+                - header.begin.load(Ordering::Relaxed).addr())
+                / 8;
+            assert_eq!(depth, if cpu == here { capacity } else { 0 }, "CPU {cpu}");
+        }
+        let slots = SlotArray::from_slice(headers);
+        // SAFETY: as above.
+        let pop = || settle(|| unsafe { pinned.pop_word(slots) });
+        for i in (1..=capacity).rev() {
+            assert_eq!(pop(), Some(Some(word(i))));
+        }
+    });
+}
+
 /// Many more threads than CPUs push distinct words with `push_word_on` their current CPU
 /// (a hint, which goes stale whenever a thread migrates: then the push reports `NoCpu` and
 /// the thread asks again), preempted and migrated by the scheduler as they go. Every word

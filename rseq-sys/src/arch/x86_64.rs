@@ -635,11 +635,29 @@ pub(crate) unsafe fn push_word_on(
     debug_assert!(cpu < slots.len);
     let header = slots.base.wrapping_add(cpu.wrapping_mul(slots.stride));
     // SAFETY: the caller guarantees the area and `cpu < len`, so `header` is slot `cpu`'s
-    // live `BoundedStack` header. The index field is compared with `cpu` before any access,
-    // so the section touches that stack only while running on its CPU; the try-store
-    // writes the free word at `top`, checked against `end`, and only the commit makes it an
-    // item. The abort handler (after the signature, outside the section) and every cold
-    // exit jump to a label: no status register is needed.
+    // live `BoundedStack` header.
+    unsafe { push_word_on_header(section, header, cpu, item) }
+}
+
+/// [`push_word_on`] onto the stack whose header is at `header`, the caller's stack for CPU
+/// `cpu`: the section reads it only after confirming that it runs on `cpu`.
+///
+/// # Safety
+/// The area as for [`push_word`]; and whenever the calling thread runs on CPU `cpu`,
+/// `header` is a live `BoundedStack` header with `push_word`'s storage contract that only
+/// sections on CPU `cpu` write. Otherwise `header` may be anything: it is not read.
+#[inline(always)]
+pub(crate) unsafe fn push_word_on_header(
+    section: Section,
+    header: *mut u8,
+    cpu: usize,
+    item: *mut u8,
+) -> u32 {
+    // SAFETY: the index field is compared with `cpu` before any access to `header`, so the
+    // section touches that stack only while running on its CPU, when the caller guarantees
+    // it; the try-store writes the free word at `top`, checked against `end`, and only the
+    // commit makes it an item. The abort handler (after the signature, outside the section)
+    // and every cold exit jump to a label: no status register is needed.
     unsafe {
         asm!(
             descriptor!(),
