@@ -192,6 +192,13 @@ fn ready_base() -> Option<*mut u8> {
 /// there is such a section (the fast paths): one load and one test.
 #[inline(always)]
 fn shared_caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, SharedSection)> {
+    let (base, section) = shared_regions()?;
+    Some((stacks_at(base, class), section))
+}
+
+/// The regions' base and the process-wide section, if the regions are published with one.
+#[inline(always)]
+fn shared_regions() -> Option<(*mut u8, SharedSection)> {
     let base = REGIONS.shared_base.load(Ordering::Acquire);
     if base.is_null() {
         return None;
@@ -199,7 +206,7 @@ fn shared_caches(class: usize) -> Option<(SlotArray<'static, BoundedStack>, Shar
     // SAFETY: `shared_base` is non-null only once `init` published it, after writing
     // `shared` as `Some` (acquired by the load above); nothing writes `shared` again.
     let section = unsafe { (*REGIONS.shared.get()).unwrap_unchecked() };
-    Some((stacks_at(base, class), section))
+    Some((base, section))
 }
 
 /// The stacks of `class` in the regions published at `base`.
@@ -521,7 +528,7 @@ pub(crate) unsafe fn free_owned(
     stack: *const BoundedStack,
 ) {
     debug_assert!(class < central::OWNED_CLASSES && stack == owner_stack(owner, class));
-    let Some(section) = shared_section() else {
+    let Some((_, section)) = shared_regions() else {
         // SAFETY: forwarded from the caller.
         return unsafe { free_on_own_registration(class, object, owner) };
     };
@@ -535,16 +542,6 @@ pub(crate) unsafe fn free_owned(
     core::hint::cold_path();
     // SAFETY: forwarded from the caller (the push above did not take the object).
     unsafe { free_after_decline(class, object, owner, section) }
-}
-
-/// The process-wide section, once the regions are published with one (the fast paths).
-#[inline(always)]
-fn shared_section() -> Option<SharedSection> {
-    if REGIONS.shared_base.load(Ordering::Acquire).is_null() {
-        return None;
-    }
-    // SAFETY: as in `shared_caches`.
-    Some(unsafe { (*REGIONS.shared.get()).unwrap_unchecked() })
 }
 
 /// [`free`] when there is no process-wide section, or the regions are not ready yet (see
