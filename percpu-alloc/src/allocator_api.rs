@@ -21,7 +21,7 @@ fn block(ptr: *mut u8, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
 // `shrink` pass it back with the layout it fits, which is what `GlobalAlloc` requires.
 unsafe impl Allocator for PerCpuAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        block(crate::alloc_layout(layout), layout)
+        block(crate::alloc_sized(layout.size(), layout.align()), layout)
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
@@ -32,7 +32,7 @@ unsafe impl Allocator for PerCpuAlloc {
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: the caller hands back a block this heap allocated with `layout`.
-        unsafe { crate::dealloc_layout(ptr.as_ptr(), layout) }
+        unsafe { crate::dealloc_sized(ptr.as_ptr(), layout.size(), layout.align()) }
     }
 
     unsafe fn grow(

@@ -215,24 +215,27 @@ fn abort_out_of_metadata() -> ! {
     unsafe { libc::abort() }
 }
 
-/// `GlobalAlloc::alloc`. Requests the granule table does not answer are out of line and
-/// called in tail position, so that `front::alloc`'s fast path, inlined here, runs straight
-/// through and still saves no registers.
-fn alloc_layout(layout: Layout) -> *mut u8 {
-    match size_class::granule_class(layout.size(), layout.align()) {
+/// `GlobalAlloc::alloc` of a layout's `size` and `align`. Requests the granule table does
+/// not answer are out of line and called in tail position, so that `front::alloc`'s fast
+/// path, inlined here, runs straight through and still saves no registers.
+///
+/// The two words come apart, in the order `__rust_alloc` receives them: a `Layout` argument
+/// is passed alignment first, so the allocator shim the global allocator attribute generates
+/// had to swap its two registers (three moves) before every jump here.
+fn alloc_sized(size: usize, align: usize) -> *mut u8 {
+    match size_class::granule_class(size, align) {
         Some(class) => front::alloc(class),
-        None => alloc_other_layout(layout),
+        None => alloc_other_size(size, align),
     }
 }
 
-/// [`alloc_layout`] past the granule table: over 1 KiB or aligned beyond 8 bytes (a class
-/// from the rounding path), or large.
+/// [`alloc_sized`] past the granule table: over 1 KiB or aligned beyond 8 bytes (a class
+/// from the rounding path), or large. `size` and `align` are a `Layout`'s.
 #[inline(never)]
-fn alloc_other_layout(layout: Layout) -> *mut u8 {
-    match size_class::class_for_aligned(layout.size(), layout.align()) {
+fn alloc_other_size(size: usize, align: usize) -> *mut u8 {
+    match size_class::class_for_aligned(size, align) {
         Some(class) => front::alloc(class),
-        None => page_heap::alloc_large(layout.size(), layout.align(), false)
-            .map_or(ptr::null_mut(), NonNull::as_ptr),
+        None => page_heap::alloc_large(size, align, false).map_or(ptr::null_mut(), NonNull::as_ptr),
     }
 }
 
@@ -262,9 +265,11 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
     }
 }
 
-/// `GlobalAlloc::dealloc`. Out of line, in this crate, as `alloc_layout` is: inlined into
-/// the caller's crate it reached the class table and the pagemap, and `front::free`,
-/// through the global offset table, two loads and an indirect jump more per free.
+/// `GlobalAlloc::dealloc` of a layout's `size` and `align` (in the order `__rust_dealloc`
+/// receives them, as for [`alloc_sized`]). Out of line, in this crate, as `alloc_sized` is:
+/// inlined into the caller's crate it reached the class table and the pagemap, and
+/// `front::free`, through the global offset table, two loads and an indirect jump more per
+/// free.
 ///
 /// The layout names the class: `GlobalAlloc` requires the layout the block was allocated
 /// with, and a block's class is always the one that layout maps to (`realloc` keeps a block
@@ -273,27 +278,27 @@ unsafe fn free_entry(ptr: *mut u8, entry: Entry) {
 /// classes under a line also need the span's owner (see `central`'s partitions), which the
 /// span's header gives, with the owner's stack for the class, in two loads from one line at
 /// the block's own address; the push goes straight onto that stack. Layouts past the
-/// granule table are out of line, as in [`alloc_layout`].
+/// granule table are out of line, as in [`alloc_sized`].
 ///
 /// # Safety
-/// As for [`GlobalAlloc::dealloc`].
-unsafe fn dealloc_layout(ptr: *mut u8, layout: Layout) {
-    match size_class::granule_class(layout.size(), layout.align()) {
+/// As for [`GlobalAlloc::dealloc`] with the layout of `size` and `align`.
+unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
+    match size_class::granule_class(size, align) {
         // SAFETY: forwarded from the caller, with the class of its layout.
         Some(class) => unsafe { free_of_class(ptr, class) },
         // SAFETY: forwarded from the caller.
-        None => unsafe { dealloc_other_layout(ptr, layout) },
+        None => unsafe { dealloc_other_size(ptr, size, align) },
     }
 }
 
-/// [`dealloc_layout`] past the granule table; large layouts have no class and go by the
+/// [`dealloc_sized`] past the granule table; large layouts have no class and go by the
 /// pagemap.
 ///
 /// # Safety
-/// As for [`GlobalAlloc::dealloc`].
+/// As for [`dealloc_sized`].
 #[inline(never)]
-unsafe fn dealloc_other_layout(ptr: *mut u8, layout: Layout) {
-    match size_class::class_for_aligned(layout.size(), layout.align()) {
+unsafe fn dealloc_other_size(ptr: *mut u8, size: usize, align: usize) {
+    match size_class::class_for_aligned(size, align) {
         // SAFETY: forwarded from the caller, with the class of its layout.
         Some(class) => unsafe { free_of_class(ptr, class) },
         // SAFETY: forwarded from the caller.
@@ -353,7 +358,7 @@ unsafe fn dealloc_by_pagemap(ptr: *mut u8) {
 unsafe impl GlobalAlloc for PerCpuAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        alloc_layout(layout)
+        alloc_sized(layout.size(), layout.align())
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -374,7 +379,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded from the caller.
-        unsafe { dealloc_layout(ptr, layout) }
+        unsafe { dealloc_sized(ptr, layout.size(), layout.align()) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -405,7 +410,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
         let Ok(new_layout) = Layout::from_size_align(new_size, align) else {
             return ptr::null_mut();
         };
-        let new = alloc_layout(new_layout);
+        let new = alloc_sized(new_layout.size(), new_layout.align());
         if !new.is_null() {
             // SAFETY: both blocks are live, distinct, and at least `min(old, new)` bytes long.
             unsafe {
