@@ -458,7 +458,9 @@ fn until_not_aborted(mut section: impl FnMut() -> Outcome<bool>) -> bool {
 /// itself confirms is the CPU it runs on, and from anywhere else the object goes to its
 /// owner's central list, where the owner's next refill finds it. A thread that migrates
 /// after a decline caches the object where it lands, and it reaches its owner's list when
-/// that cache flushes. `SpanOwner::NONE` is always correct (it only forgoes that).
+/// that cache flushes. `SpanOwner::NONE` is always correct: an owned class's object
+/// freed with it leaves the CPU caches for the stripe caches (see [`is_stray`]), whose
+/// batches reach the lists of the span's real owner.
 ///
 /// # Safety
 /// `object` is an object of `class` from this allocator, no longer used, freed once, and
@@ -491,7 +493,8 @@ pub(crate) unsafe fn free(class: usize, object: *mut u8, owner: SpanOwner) {
 }
 
 /// [`free`] when the fast push did not take the object: to the owner's central list from
-/// any other CPU, else the slow path.
+/// any other CPU, out of the CPU caches for an owned class's object of no owner, else the
+/// slow path.
 ///
 /// # Safety
 /// As for [`free`].
@@ -502,14 +505,40 @@ unsafe fn free_after_decline(
     owner: SpanOwner,
     section: SharedSection,
 ) {
-    if let Some(slot) = owner.get() {
-        if section.current_cpu() != Some(slot) {
+    match owner.get() {
+        Some(slot) if section.current_cpu() != Some(slot) => {
             // SAFETY: forwarded from the caller.
-            return unsafe { free_to_owner(class, object, slot) };
+            unsafe { free_to_owner(class, object, slot) }
         }
+        // SAFETY: forwarded from the caller.
+        None if is_stray(class) => unsafe { free_stray(class, object) },
+        // SAFETY: forwarded from the caller.
+        _ => unsafe { free_slow(class, object) },
     }
+}
+
+/// Whether an object of `class` from a span of no owner is a stray: the class is
+/// partitioned, so its spans normally have owners, and one without is from a shared span,
+/// carved for a thread that had no CPU (or lost the race to set the caches up). Cached on a
+/// CPU, a stray would come back there on every free through the slow path, since no CPU
+/// owns it and the owner's fast push can never take it. A thread on that CPU allocating
+/// and freeing in a loop then paid the slow path on every free for good: twice the time
+/// of a 16-byte pair.
+#[inline(always)]
+fn is_stray(class: usize) -> bool {
+    class < central::OWNED_CLASSES && central::is_partitioned(class)
+}
+
+/// Free a stray (see [`is_stray`]) of `class` to the stripe caches, which serve threads
+/// with no CPU, where shared spans belong: the CPU that freed it refills with its own.
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_stray(class: usize, object: *mut u8) {
     // SAFETY: forwarded from the caller.
-    unsafe { free_slow(class, object) }
+    unsafe { stripe_cache::free(class, object) }
 }
 
 /// [`free`] of an object of an owned class, with its span's owner and that owner's stack for
@@ -551,11 +580,14 @@ pub(crate) unsafe fn free_owned(
 /// As for [`free`].
 #[inline(never)]
 unsafe fn free_on_own_registration(class: usize, object: *mut u8, owner: SpanOwner) {
-    if let Some(slot) = owner.get() {
-        if BACKEND.current_cpu() != Some(slot) {
+    match owner.get() {
+        Some(slot) if BACKEND.current_cpu() != Some(slot) => {
             // SAFETY: forwarded from the caller.
             return unsafe { free_to_owner(class, object, slot) };
         }
+        // SAFETY: forwarded from the caller.
+        None if is_stray(class) => return unsafe { free_stray(class, object) },
+        _ => {}
     }
     let Some(base) = ready_base() else {
         if without_caches() {
@@ -909,6 +941,60 @@ pub(crate) unsafe fn unlock_after_fork(in_child: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keep the calling thread on the CPU it runs on now; false when it cannot be pinned.
+    fn pin_here() -> bool {
+        // SAFETY: `sched_getcpu` has no preconditions.
+        let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
+            return false;
+        };
+        // SAFETY: a zeroed `cpu_set_t` is an empty set, `CPU_SET` stays inside it for any
+        // CPU the kernel reports (below `CPU_SETSIZE` here), and the call reads the set
+        // through a pointer of the size it is given.
+        unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        }
+    }
+
+    /// An owned class's object from a shared span (what a thread without a CPU gets from the
+    /// stripe caches) freed on a CPU must not stay in that CPU's cache. It used to: the
+    /// CPU's next allocation handed it out again, and each free of it took the slow path,
+    /// for good (a 16-byte pair on that CPU at twice its time).
+    #[test]
+    fn a_stray_freed_on_a_cpu_leaves_its_cache() {
+        let class = 1;
+        assert!(class < central::OWNED_CLASSES);
+        let warm = alloc(class);
+        assert!(!warm.is_null());
+        if !is_active() || !central::is_partitioned(class) || !pin_here() {
+            // No per-CPU caches or partitions (fallback, Miri), or no way to stay on one
+            // CPU: nothing to check.
+            // SAFETY: a fresh object of `class`, freed once.
+            return unsafe { free(class, warm, SpanOwner::NONE) };
+        }
+        let stray = stripe_cache::alloc(class);
+        assert!(!stray.is_null());
+        // SAFETY: `stray` is a live object of `class` from this allocator.
+        let (owner, stack) = unsafe { central::span_owner_and_stack(stray) };
+        assert_eq!(
+            owner,
+            SpanOwner::NONE,
+            "the stripe caches hand out shared spans"
+        );
+        assert!(stack.is_null());
+        // SAFETY: freed once, with its span header's owner and stack, as `dealloc` does.
+        unsafe { free_owned(class, stray, owner, stack) };
+        // The free left room on this CPU's stack, so a stray pushed there would be on top.
+        let next = alloc(class);
+        assert!(!next.is_null());
+        assert_ne!(next, stray, "the stray stayed in the CPU cache");
+        for object in [next, warm] {
+            // SAFETY: live objects of `class`, each freed once with its span's owner.
+            unsafe { free(class, object, central::span_owner(object)) };
+        }
+    }
 
     /// The fast paths go through `shared_base` alone. If set-up failed to publish it, every
     /// operation would take the out-of-line path, which is just as correct, so no other test
