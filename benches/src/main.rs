@@ -17,6 +17,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Ok(cli::Command::Sample(request)) => match report::serve_sample(&request) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("percpu-benches {}: {error}", report::isolate::SAMPLE_FLAG);
+                ExitCode::FAILURE
+            }
+        },
         Err(message) => {
             eprintln!("percpu-benches: {message}\n\n{}", cli::USAGE);
             ExitCode::from(2)

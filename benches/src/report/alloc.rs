@@ -13,7 +13,10 @@ const BASELINE: &str = "std::alloc::System";
 /// How every allocator table says the allocators are called.
 const HOW_CALLED: &str = "every allocator is called directly through `&dyn GlobalAlloc` \
                           (alloc/dealloc on a static instance), the same interface for all; \
-                          this binary's own #[global_allocator] is the system one";
+                          this binary's own #[global_allocator] is the system one; each \
+                          timed run is made in a process of its own, after a warm-up run, \
+                          the allocators taking turns (in one process they slow each other \
+                          down)";
 
 /// Blocks per alloc-then-free batch.
 const BATCH: usize = 1000;
@@ -83,6 +86,7 @@ fn table(
         baseline: BASELINE.into(),
         threads,
         contenders: allocators().into_iter().map(contender).collect(),
+        isolated: true,
     }
 }
 

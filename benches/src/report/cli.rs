@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Thread counts 1, 2, 4 and 8, short runs: about a minute on 2 cores.
+    /// Thread counts 1, 2, 4 and 8, short runs: about a minute and a half on 2 cores.
     Quick,
     /// More thread counts, more and longer runs.
     Full,
@@ -41,6 +41,9 @@ pub enum Command {
     Run(Options),
     /// Print [`USAGE`] and stop.
     Help,
+    /// Measure one sample and print it: the child side of a table measured one process per
+    /// sample (see [`super::isolate`]; not in `--help`).
+    Sample(super::isolate::SampleRequest),
 }
 
 /// The `--help` text.
@@ -52,17 +55,22 @@ this run, and prints side-by-side tables (ns per operation, and each implementat
 ratio to a named baseline).
 
   --quick      the default: 1, 2, 4 and 8 threads, median of 5 short runs (about a minute
-               on 2 cores)
+               and a half on 2 cores)
   --full       every thread count up to the CPUs, then powers of two up to 4x the CPUs
-               (at least 16); median of 9 longer runs (about 6 minutes on 2 cores)
+               (at least 16); median of 9 longer runs (several minutes on 2 cores)
   --json PATH  write every figure to PATH; the SVG plots go beside it as
                <stem>-<table>.svg (default: target/percpu-report/report.json)
   -h, --help   this text
 
+The allocator tables time each run in a process of their own (this binary run again).
 PERCPU_NO_RSEQ=1 measures the fallback paths (no rseq).";
 
 /// Parse the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let args: Vec<String> = args.into_iter().collect();
+    if args.first().map(String::as_str) == Some(super::isolate::SAMPLE_FLAG) {
+        return super::isolate::SampleRequest::parse(&args[1..]).map(Command::Sample);
+    }
     let mut options = Options {
         mode: Mode::Quick,
         json: None,

@@ -101,6 +101,7 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
         baseline: BASELINE.into(),
         threads: settings.threads.clone(),
         contenders: contenders(),
+        isolated: false,
     }]
 }
 

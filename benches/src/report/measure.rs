@@ -112,6 +112,9 @@ pub struct TableSpec<'a> {
     pub threads: Vec<usize>,
     /// The implementations compared.
     pub contenders: Vec<Contender<'a>>,
+    /// Whether every timed run is made in a process of its own (see [`super::isolate`]);
+    /// otherwise in this one.
+    pub isolated: bool,
 }
 
 impl TableSpec<'_> {
@@ -155,15 +158,41 @@ fn calibrate(workload: &Workload<'_>, threads: usize, settings: &Settings) -> f6
     }
 }
 
+/// One timed run of `contender` of `spec`: in this process, or, for an isolated table, in a
+/// child that warms it up first (the calibration, in this process, only sizes the runs).
+fn timed_run(
+    spec: &TableSpec<'_>,
+    contender: &Contender<'_>,
+    settings: &Settings,
+    threads: usize,
+    ops: u64,
+) -> std::io::Result<Run> {
+    if !spec.isolated {
+        return Ok((contender.workload)(threads, ops));
+    }
+    super::isolate::sample_in_child(&super::isolate::SampleRequest {
+        mode: settings.mode,
+        table: spec.id.into(),
+        contender: contender.name.clone(),
+        threads,
+        ops,
+    })
+}
+
 /// Measure every contender of `spec` at every thread count, ticking `progress` once per
-/// figure, and return the table with ratios to the baseline.
+/// figure, and return the table with ratios to the baseline; an error when a child
+/// measuring an isolated table's sample fails.
 ///
 /// The contenders take turns: each repetition at a thread count runs every contender once,
 /// in order, before the next repetition starts. A host whose speed drifts during the table
 /// (frequency, neighbours on a shared machine) then moves every contender's samples alike,
 /// and the ratios, taken between medians of samples drawn from the same stretch of time,
 /// stay comparable where back-to-back blocks per contender would not.
-pub fn measure_table(spec: &TableSpec<'_>, settings: &Settings, progress: &ProgressBar) -> Table {
+pub fn measure_table(
+    spec: &TableSpec<'_>,
+    settings: &Settings,
+    progress: &ProgressBar,
+) -> std::io::Result<Table> {
     let first_threads = *spec.threads.first().expect("a table has thread counts");
     // Enough operations in all for one target run if nothing scaled or contended, shared
     // out among the threads below.
@@ -189,7 +218,8 @@ pub fn measure_table(spec: &TableSpec<'_>, settings: &Settings, progress: &Progr
         let mut samples: Vec<Vec<f64>> = spec.contenders.iter().map(|_| Vec::new()).collect();
         for _ in 0..settings.repetitions {
             for (i, contender) in spec.contenders.iter().enumerate() {
-                samples[i].push(ns_per_op((contender.workload)(threads, ops_per_thread[i])));
+                let run = timed_run(spec, contender, settings, threads, ops_per_thread[i])?;
+                samples[i].push(ns_per_op(run));
             }
         }
         for (i, samples) in samples.into_iter().enumerate() {
@@ -212,13 +242,13 @@ pub fn measure_table(spec: &TableSpec<'_>, settings: &Settings, progress: &Progr
             points,
         })
         .collect();
-    Table::with_ratios(
+    Ok(Table::with_ratios(
         spec.id,
         spec.title.clone(),
         spec.note.clone(),
         spec.baseline.clone(),
         series,
-    )
+    ))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod alloc;
 pub mod cli;
 mod counter;
 mod env;
+pub mod isolate;
 mod json;
 pub mod measure;
 mod plot;
@@ -93,6 +94,14 @@ fn table_specs(settings: &Settings) -> Vec<TableSpec<'static>> {
     specs
 }
 
+/// The child's side of a sample measured in its own process: the tables of the parent's
+/// mode, the one contender warmed up and timed; the line to print back.
+pub fn serve_sample(request: &isolate::SampleRequest) -> Result<String, String> {
+    let environment = Environment::current();
+    let settings = Settings::for_mode(request.mode, environment.available_parallelism);
+    isolate::serve(request, &table_specs(&settings))
+}
+
 /// Measure everything `options` asks for, print the environment and each table to stdout
 /// as it is done (progress goes to stderr), then write the SVG plots and the JSON.
 pub fn run(options: &Options) -> io::Result<Outputs> {
@@ -109,7 +118,7 @@ pub fn run(options: &Options) -> io::Result<Outputs> {
     let started = Instant::now();
     let mut tables = Vec::with_capacity(specs.len());
     for spec in &specs {
-        let table = measure_table(spec, &settings, &progress);
+        let table = measure_table(spec, &settings, &progress)?;
         progress.suspend(|| println!("{table}"));
         tables.push(table);
     }

@@ -58,6 +58,7 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
                 .into(),
             baseline: QUEUE_BASELINE.into(),
             threads: settings.threads.clone(),
+            isolated: false,
             contenders: vec![
                 push_pops("percpu FreeList", FreeList::<u64>::new()),
                 push_pops(
@@ -84,6 +85,7 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
             ),
             baseline: POOL_BASELINE.into(),
             threads: settings.threads.clone(),
+            isolated: false,
             contenders: vec![
                 get_drops("percpu Pool", Pool::new(POOL_SIZE, pooled_object), |pool| {
                     black_box(&*pool.get());
