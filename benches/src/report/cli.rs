@@ -23,6 +23,13 @@ impl Mode {
             Mode::Smoke => "smoke",
         }
     }
+
+    /// The mode a flag (`--quick`, `--full`, `--smoke`) names.
+    pub fn from_flag(flag: &str) -> Option<Mode> {
+        [Mode::Quick, Mode::Full, Mode::Smoke]
+            .into_iter()
+            .find(|mode| flag.strip_prefix("--") == Some(mode.name()))
+    }
 }
 
 /// What the user asked for.
@@ -78,16 +85,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut modes_given = 0;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
+        if let Some(mode) = Mode::from_flag(&arg) {
+            modes_given += 1;
+            options.mode = mode;
+            continue;
+        }
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
-            "--quick" | "--full" | "--smoke" => {
-                modes_given += 1;
-                options.mode = match arg.as_str() {
-                    "--quick" => Mode::Quick,
-                    "--full" => Mode::Full,
-                    _ => Mode::Smoke,
-                };
-            }
             "--json" => {
                 let path = args.next().ok_or("--json needs a path")?;
                 options.json = Some(json_path(&path)?);

@@ -55,12 +55,8 @@ impl SampleRequest {
                 "{SAMPLE_FLAG} takes a mode, a table, a contender, threads and ops; got {args:?}"
             ));
         };
-        let mode = match mode.as_str() {
-            "--quick" => super::cli::Mode::Quick,
-            "--full" => super::cli::Mode::Full,
-            "--smoke" => super::cli::Mode::Smoke,
-            other => return Err(format!("{SAMPLE_FLAG}: unknown mode `{other}`")),
-        };
+        let mode = super::cli::Mode::from_flag(mode)
+            .ok_or_else(|| format!("{SAMPLE_FLAG}: unknown mode `{mode}`"))?;
         let threads = threads
             .parse()
             .ok()
