@@ -43,10 +43,15 @@ impl Environment {
             node_id: status.node_id,
             thread_failure: status.thread_failure.map(|reason| reason.to_string()),
             possible_cpus: status.possible_cpus,
-            available_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            available_parallelism: available_parallelism(),
             membarrier_rseq: status.membarrier_rseq,
         }
     }
+}
+
+/// Hardware threads this process may run on (1 when the system will not say).
+pub fn available_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 struct OrUnavailable(Option<u32>);

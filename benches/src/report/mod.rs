@@ -97,8 +97,8 @@ fn table_specs(settings: &Settings) -> Vec<TableSpec<'static>> {
 /// The child's side of a sample measured in its own process: the tables of the parent's
 /// mode, the one contender warmed up and timed; the line to print back.
 pub fn serve_sample(request: &isolate::SampleRequest) -> Result<String, String> {
-    let environment = Environment::current();
-    let settings = Settings::for_mode(request.mode, environment.available_parallelism);
+    // The parent's settings, without probing rseq again as `Environment::current` would.
+    let settings = Settings::for_mode(request.mode, env::available_parallelism());
     isolate::serve(request, &table_specs(&settings))
 }
 
