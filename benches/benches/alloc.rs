@@ -1,6 +1,7 @@
 //! Allocators head to head (criterion group `alloc`): `PerCpuAlloc` against the system
-//! allocator (glibc), mimalloc and jemalloc, each called directly through `GlobalAlloc`
-//! (the benchmark binary itself runs on the system allocator).
+//! allocator (glibc), mimalloc and jemalloc, each called directly through `GlobalAlloc`,
+//! statically (see `percpu_benches::allocators`; the benchmark binary itself runs on the
+//! system allocator).
 //!
 //! - `alloc/pair/<size>/<allocator>`: one alloc and its free, one byte written, 1 thread.
 //! - `alloc/pair_threads/64/<allocator>/<threads>`: the same at 1, 2, 4 and 8 threads, per
@@ -14,7 +15,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use percpu_benches::allocators::{
     alloc_free_pair, alloc_then_free_batch, allocators, producer_consumer,
 };
-use percpu_benches::{contended, THREAD_COUNTS};
+use percpu_benches::{contended, with_allocator, THREAD_COUNTS};
 use std::alloc::Layout;
 use std::time::Duration;
 
@@ -23,11 +24,11 @@ fn pairs(c: &mut Criterion) {
     for size in [16usize, 64, 256, 4096, 64 << 10] {
         let layout = Layout::from_size_align(size, 8).unwrap();
         for a in allocators() {
-            group.bench_with_input(
+            with_allocator!(a, |allocator| group.bench_with_input(
                 BenchmarkId::new(size.to_string(), a.id),
                 &layout,
-                |b, &layout| b.iter(|| alloc_free_pair(a.allocator, layout)),
-            );
+                |b, &layout| b.iter(|| alloc_free_pair(allocator, layout)),
+            ));
         }
     }
     group.finish();
@@ -38,16 +39,20 @@ fn pairs_threads(c: &mut Criterion) {
     let layout = Layout::from_size_align(64, 8).unwrap();
     for a in allocators() {
         for threads in THREAD_COUNTS {
-            group.bench_with_input(BenchmarkId::new(a.id, threads), &threads, |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (),
-                        |_| alloc_free_pair(a.allocator, layout),
-                    )
-                })
-            });
+            with_allocator!(a, |allocator| group.bench_with_input(
+                BenchmarkId::new(a.id, threads),
+                &threads,
+                |b, &threads| {
+                    b.iter_custom(|iters| {
+                        contended(
+                            threads,
+                            iters,
+                            |_| (),
+                            |_| alloc_free_pair(allocator, layout),
+                        )
+                    })
+                }
+            ));
         }
     }
     group.finish();
@@ -61,9 +66,9 @@ fn batch(c: &mut Criterion) {
     let layout = Layout::from_size_align(64, 8).unwrap();
     for a in allocators() {
         let mut blocks = vec![std::ptr::null_mut::<u8>(); BATCH];
-        group.bench_function(a.id, |b| {
-            b.iter(|| alloc_then_free_batch(a.allocator, layout, &mut blocks))
-        });
+        with_allocator!(a, |allocator| group.bench_function(a.id, |b| {
+            b.iter(|| alloc_then_free_batch(allocator, layout, &mut blocks))
+        }));
     }
     group.finish();
 }
@@ -72,9 +77,9 @@ fn producer_consumer_one_pair(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc/producer_consumer/64");
     let layout = Layout::from_size_align(64, 8).unwrap();
     for a in allocators() {
-        group.bench_function(a.id, |b| {
-            b.iter_custom(|iters| producer_consumer(a.allocator, layout, 1, iters))
-        });
+        with_allocator!(a, |allocator| group.bench_function(a.id, |b| {
+            b.iter_custom(|iters| producer_consumer(allocator, layout, 1, iters))
+        }));
     }
     group.finish();
 }

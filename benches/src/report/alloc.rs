@@ -1,18 +1,19 @@
 //! The allocator tables: `PerCpuAlloc` against the system allocator, mimalloc and jemalloc,
-//! each called directly through `GlobalAlloc` (see [`crate::allocators`]).
+//! each called directly and statically through `GlobalAlloc` (see [`crate::allocators`]).
 
 use super::measure::{Contender, Run, Settings, TableSpec};
 use crate::allocators::{
     alloc_free_pair, alloc_then_free_batch, allocators, producer_consumer, NamedAllocator,
 };
-use crate::run_threads;
+use crate::{run_threads, with_allocator};
 use std::alloc::Layout;
 
 const BASELINE: &str = "std::alloc::System";
 
 /// How every allocator table says the allocators are called.
-const HOW_CALLED: &str = "every allocator is called directly through `&dyn GlobalAlloc` \
-                          (alloc/dealloc on a static instance), the same interface for all; \
+const HOW_CALLED: &str = "every allocator is called directly through `GlobalAlloc` \
+                          (alloc/dealloc on a static instance, static calls, the timed loop \
+                          compiled for each allocator), the same interface for all; \
                           this binary's own #[global_allocator] is the system one; each \
                           timed run is made in a process of its own, after a warm-up run, \
                           the allocators taking turns (in one process they slow each other \
@@ -27,48 +28,49 @@ fn layout(size: usize) -> Layout {
 
 fn pairs(allocator: NamedAllocator, size: usize) -> Contender<'static> {
     let layout = layout(size);
-    Contender::new(allocator.type_name, move |threads, ops| {
-        let wall = run_threads(
-            threads,
-            ops,
-            |_| (),
-            |_| alloc_free_pair(allocator.allocator, layout),
-        );
-        Run {
-            wall,
-            ops: threads as u64 * ops,
-        }
+    with_allocator!(allocator, |a| {
+        Contender::new(allocator.type_name, move |threads, ops| {
+            let wall = run_threads(threads, ops, |_| (), |_| alloc_free_pair(a, layout));
+            Run {
+                wall,
+                ops: threads as u64 * ops,
+            }
+        })
     })
 }
 
 /// `ops` is rounded to whole batches (at least one) per thread.
 fn batches(allocator: NamedAllocator, size: usize) -> Contender<'static> {
     let layout = layout(size);
-    Contender::new(allocator.type_name, move |threads, ops| {
-        let batches = (ops / BATCH as u64).max(1);
-        let wall = run_threads(
-            threads,
-            batches,
-            |_| vec![std::ptr::null_mut::<u8>(); BATCH],
-            |blocks| alloc_then_free_batch(allocator.allocator, layout, blocks),
-        );
-        Run {
-            wall,
-            ops: threads as u64 * batches * BATCH as u64,
-        }
+    with_allocator!(allocator, |a| {
+        Contender::new(allocator.type_name, move |threads, ops| {
+            let batches = (ops / BATCH as u64).max(1);
+            let wall = run_threads(
+                threads,
+                batches,
+                |_| vec![std::ptr::null_mut::<u8>(); BATCH],
+                |blocks| alloc_then_free_batch(a, layout, blocks),
+            );
+            Run {
+                wall,
+                ops: threads as u64 * batches * BATCH as u64,
+            }
+        })
     })
 }
 
 /// Half the threads produce, half consume; `ops` blocks per producer.
 fn cross_thread(allocator: NamedAllocator, size: usize) -> Contender<'static> {
     let layout = layout(size);
-    Contender::new(allocator.type_name, move |threads, ops| {
-        let pairs = threads / 2;
-        let wall = producer_consumer(allocator.allocator, layout, pairs, ops);
-        Run {
-            wall,
-            ops: pairs as u64 * ops,
-        }
+    with_allocator!(allocator, |a| {
+        Contender::new(allocator.type_name, move |threads, ops| {
+            let pairs = threads / 2;
+            let wall = producer_consumer(a, layout, pairs, ops);
+            Run {
+                wall,
+                ops: pairs as u64 * ops,
+            }
+        })
     })
 }
 
