@@ -44,7 +44,8 @@ struct CpuList {
 ///    the list is ours; anything else means one did, and we start again;
 /// 5. take the first node for the caller and move up to 15 more onto the
 ///    thief's own CPU with ordinary per-CPU pushes (reading each node's next before pushing
-///    it, since a push rewrites it);
+///    it, since a push rewrites it, even one that aborts; a node whose push declines goes
+///    back with the link it had);
 /// 6. store the rest as the head, without the bit, with release ordering.
 ///
 /// Why the fence rather than an atomic protocol: an atomic one would put an atomic
@@ -223,8 +224,15 @@ impl<B: Backend> IntrusiveList<B> {
                 break;
             };
             // SAFETY: `node` is on the list we own.
-            let after = unsafe { next_field(node, self.next_offset) }.load(Ordering::Relaxed);
+            let next = unsafe { next_field(node, self.next_offset) };
+            let after = next.load(Ordering::Relaxed);
             if !self.push_local_only(node) {
+                // `node` stays on the victim's list. An attempt that aborted before the push
+                // declined had already pointed its next field at our CPU's list (the
+                // try-store): restore the victim's link, or the chain behind `node` is lost
+                // and the nodes it was pointed at are listed twice. The release store of the
+                // head below publishes it.
+                next.store(after, Ordering::Relaxed);
                 break;
             }
             rest = after;
@@ -265,11 +273,13 @@ impl<B: Backend> IntrusiveList<B> {
     }
 
     /// Push `node` on the current CPU's list, never the fallback: `false` without a CPU or
-    /// when that list is stopped (for example because it is the victim we hold).
+    /// when that list is stopped (for example because it is the victim we hold). On `false`
+    /// the node's next field may have been rewritten by an aborted attempt.
     fn push_local_only(&self, node: NonNull<u8>) -> bool {
         loop {
             // SAFETY: `node` came off a list of ours, so it satisfies `push`'s contract; an
-            // aborted attempt only rewrote its next field, which we read beforehand.
+            // aborted attempt only rewrote its next field, which the caller read beforehand
+            // (and restores if the push then declines).
             match unsafe {
                 self.backend
                     .push_linked(self.heads(), node, self.next_offset)

@@ -101,9 +101,10 @@ pub use ops::{Backend, BoundedStack, IndexBy, Outcome, SlotArray, SlotWord, LINK
 pub use simulate::Simulated;
 pub use status::{status, Status};
 
-/// Controls for the [`Simulated`] backend (per-thread CPU ids and injected aborts).
+/// Controls for the [`Simulated`] backend (per-thread CPU ids, injected aborts, and code run
+/// at an abort).
 pub mod simulation {
-    pub use crate::simulate::{abort_next, abort_one_in, cpu, set_cpu};
+    pub use crate::simulate::{abort_next, abort_one_in, cpu, on_next_abort, set_cpu};
 }
 
 use core::fmt;

@@ -10,6 +10,8 @@
 //!   later one sees the earlier one's stores.
 //! - Aborts are injected with [`abort_next`] or [`abort_one_in`]. An injected abort happens
 //!   after the try-stores and before the commit, the worst place a real one can happen.
+//!   [`on_next_abort`] runs code at that abort, after the CPU is released: what a real
+//!   preemption lets other threads do, or a migration ([`set_cpu`] from inside it).
 //!
 //! Two threads injected with the same CPU id are like two threads time-sharing one CPU;
 //! changing a thread's id is a migration.
@@ -20,11 +22,15 @@ use crate::sync::Arc;
 use core::cell::Cell;
 use core::ptr::NonNull;
 
+/// What [`on_next_abort`] runs.
+type AbortHook = Box<dyn FnOnce()>;
+
 struct SimThread {
     cpu: Cell<Option<usize>>,
     abort_next: Cell<u32>,
     abort_one_in: Cell<u32>,
     rng: Cell<u64>,
+    on_abort: Cell<Option<AbortHook>>,
 }
 
 crate::sync::thread_local! {
@@ -35,6 +41,7 @@ crate::sync::thread_local! {
         abort_next: Cell::new(0),
         abort_one_in: Cell::new(0),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15),
+        on_abort: Cell::new(None),
     };
 }
 
@@ -60,6 +67,21 @@ pub fn abort_one_in(n: u32, seed: u64) {
         t.abort_one_in.set(n);
         t.rng.set(seed | 1);
     });
+}
+
+/// Run `hook` on this thread when its next simulated operation aborts, after the operation
+/// released its CPU and before it returns [`Outcome::Aborted`]: the window in which a real
+/// thread is preempted, other threads run, and it may come back on another CPU. Only an
+/// operation that really aborts (reached its commit with an abort injected) runs the hook;
+/// one that declined or completed leaves it waiting.
+pub fn on_next_abort(hook: impl FnOnce() + 'static) {
+    SIM_THREAD.with(|t| t.on_abort.set(Some(Box::new(hook))));
+}
+
+fn run_abort_hook() {
+    if let Some(hook) = SIM_THREAD.with(|t| t.on_abort.take()) {
+        hook();
+    }
 }
 
 fn should_abort() -> bool {
@@ -125,7 +147,10 @@ impl Simulated {
         busy.store(false, Ordering::Release);
         match result {
             Some(value) => Outcome::Completed { cpu, value },
-            None => Outcome::Aborted,
+            None => {
+                run_abort_hook();
+                Outcome::Aborted
+            }
         }
     }
 
@@ -342,4 +367,64 @@ const fn size_of_word() -> usize {
 /// bit survives a committed section. Release, like the real commit on x86_64.
 fn commit(slot: &AtomicPtr<u8>, value: *mut u8) {
     slot.swap(value, Ordering::AcqRel);
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    fn ran_flag() -> (Rc<Cell<bool>>, impl FnOnce() + 'static) {
+        let ran = Rc::new(Cell::new(false));
+        let hook = {
+            let ran = ran.clone();
+            move || ran.set(true)
+        };
+        (ran, hook)
+    }
+
+    #[test]
+    fn the_abort_hook_runs_at_an_abort_with_the_cpu_released() {
+        let machine = Simulated::new(1);
+        let slots = [AtomicU64::new(0)];
+        set_cpu(Some(0));
+        let ran = Rc::new(Cell::new(false));
+        on_next_abort({
+            let (ran, machine) = (ran.clone(), machine.clone());
+            move || {
+                assert!(
+                    !machine.busy[0].load(Ordering::Relaxed),
+                    "the CPU is released before the hook runs"
+                );
+                ran.set(true);
+            }
+        });
+        abort_next(1);
+        let outcome = machine.add(SlotArray::from_slice(&slots), 5);
+        assert!(matches!(outcome, Outcome::Aborted));
+        assert!(ran.get());
+        assert_eq!(
+            slots[0].load(Ordering::Relaxed),
+            0,
+            "an abort commits nothing"
+        );
+    }
+
+    #[test]
+    fn the_abort_hook_waits_past_an_operation_that_declines() {
+        let machine = Simulated::new(1);
+        let slots = [AtomicU64::new(7)];
+        set_cpu(Some(0));
+        let (ran, hook) = ran_flag();
+        on_next_abort(hook);
+        abort_next(2);
+        // Declines (the word is not 0) before its commit: the injected abort is used up,
+        // but nothing aborted.
+        let declined = machine.compare_and_store(SlotArray::from_slice(&slots), 0, 1);
+        assert!(matches!(declined, Outcome::Completed { value: Err(7), .. }));
+        assert!(!ran.get());
+        let aborted = machine.compare_and_store(SlotArray::from_slice(&slots), 7, 1);
+        assert!(matches!(aborted, Outcome::Aborted));
+        assert!(ran.get());
+    }
 }
