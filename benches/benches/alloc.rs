@@ -13,7 +13,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use percpu_benches::allocators::{
-    alloc_free_pair, alloc_then_free_batch, allocators, producer_consumer,
+    alloc_free_pair, alloc_then_free_batch, producer_consumer, AllocatorChoice,
 };
 use percpu_benches::{contended, with_allocator, THREAD_COUNTS};
 use std::alloc::Layout;
@@ -23,9 +23,9 @@ fn pairs(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc/pair");
     for size in [16usize, 64, 256, 4096, 64 << 10] {
         let layout = Layout::from_size_align(size, 8).unwrap();
-        for a in allocators() {
+        for a in AllocatorChoice::ALL {
             with_allocator!(a, |allocator| group.bench_with_input(
-                BenchmarkId::new(size.to_string(), a.id),
+                BenchmarkId::new(size.to_string(), a.id()),
                 &layout,
                 |b, &layout| b.iter(|| alloc_free_pair(allocator, layout)),
             ));
@@ -37,10 +37,10 @@ fn pairs(c: &mut Criterion) {
 fn pairs_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc/pair_threads/64");
     let layout = Layout::from_size_align(64, 8).unwrap();
-    for a in allocators() {
+    for a in AllocatorChoice::ALL {
         for threads in THREAD_COUNTS {
             with_allocator!(a, |allocator| group.bench_with_input(
-                BenchmarkId::new(a.id, threads),
+                BenchmarkId::new(a.id(), threads),
                 &threads,
                 |b, &threads| {
                     b.iter_custom(|iters| {
@@ -64,9 +64,9 @@ fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc/batch/64");
     group.throughput(Throughput::Elements(BATCH as u64));
     let layout = Layout::from_size_align(64, 8).unwrap();
-    for a in allocators() {
+    for a in AllocatorChoice::ALL {
         let mut blocks = vec![std::ptr::null_mut::<u8>(); BATCH];
-        with_allocator!(a, |allocator| group.bench_function(a.id, |b| {
+        with_allocator!(a, |allocator| group.bench_function(a.id(), |b| {
             b.iter(|| alloc_then_free_batch(allocator, layout, &mut blocks))
         }));
     }
@@ -76,8 +76,8 @@ fn batch(c: &mut Criterion) {
 fn producer_consumer_one_pair(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc/producer_consumer/64");
     let layout = Layout::from_size_align(64, 8).unwrap();
-    for a in allocators() {
-        with_allocator!(a, |allocator| group.bench_function(a.id, |b| {
+    for a in AllocatorChoice::ALL {
+        with_allocator!(a, |allocator| group.bench_function(a.id(), |b| {
             b.iter_custom(|iters| producer_consumer(allocator, layout, 1, iters))
         }));
     }

@@ -1,5 +1,6 @@
 //! The allocators compared and the workloads they are compared on, shared by the criterion
-//! suite and the report.
+//! suite, the report and the workloads binary (whose global allocator forwards to the same
+//! statics).
 //!
 //! A binary has one global allocator, so every allocator here is called directly through
 //! the `GlobalAlloc` trait, on a static instance; whatever the benchmark harness itself
@@ -28,12 +29,13 @@ pub static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The jemalloc every benchmark measures.
 pub static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Which allocator a [`NamedAllocator`] is.
+/// One of the allocators compared: by the report, by criterion's `alloc` group, and as the
+/// workloads binary's global allocator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AllocatorKind {
-    /// [`PERCPU`].
+pub enum AllocatorChoice {
+    /// [`PERCPU`], this project's.
     PerCpu,
-    /// `std::alloc::System` (glibc's malloc here).
+    /// `std::alloc::System`: glibc's malloc here, the baseline of every ratio.
     System,
     /// [`MIMALLOC`].
     Mimalloc,
@@ -41,65 +43,74 @@ pub enum AllocatorKind {
     Jemalloc,
 }
 
-/// One allocator under test.
-#[derive(Debug, Clone, Copy)]
-pub struct NamedAllocator {
-    /// The short name criterion's benchmark ids use.
-    pub id: &'static str,
-    /// The type whose `GlobalAlloc` impl is called, as the report shows it.
-    pub type_name: &'static str,
-    /// Which one it is; [`with_allocator!`](crate::with_allocator) turns this into the
-    /// allocator itself, as its own type.
-    pub kind: AllocatorKind,
+impl AllocatorChoice {
+    /// Every allocator, percpu-alloc's first: the order every table shows them in.
+    pub const ALL: [AllocatorChoice; 4] = [
+        AllocatorChoice::PerCpu,
+        AllocatorChoice::System,
+        AllocatorChoice::Mimalloc,
+        AllocatorChoice::Jemalloc,
+    ];
+
+    /// Its short name: criterion's benchmark ids, the value of
+    /// [`ALLOCATOR_VAR`](crate::workloads::dispatch::ALLOCATOR_VAR) that selects it, and
+    /// the name the workloads' `--allocators` takes.
+    pub fn id(self) -> &'static str {
+        match self {
+            AllocatorChoice::PerCpu => "percpu",
+            AllocatorChoice::System => "system",
+            AllocatorChoice::Mimalloc => "mimalloc",
+            AllocatorChoice::Jemalloc => "jemalloc",
+        }
+    }
+
+    /// The type whose `GlobalAlloc` impl is called, as the report and the JSON name it.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            AllocatorChoice::PerCpu => "percpu_alloc::PerCpuAlloc",
+            AllocatorChoice::System => "std::alloc::System",
+            AllocatorChoice::Mimalloc => "mimalloc::MiMalloc",
+            AllocatorChoice::Jemalloc => "tikv_jemallocator::Jemalloc",
+        }
+    }
+
+    /// The column heading of the tables: what the allocator is, not the Rust type.
+    pub fn column(self) -> &'static str {
+        match self {
+            AllocatorChoice::PerCpu => "percpu",
+            AllocatorChoice::System => "glibc",
+            AllocatorChoice::Mimalloc => "mimalloc",
+            AllocatorChoice::Jemalloc => "jemalloc",
+        }
+    }
+
+    /// The allocator whose [`id`](Self::id) is `id`.
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|choice| choice.id() == id)
+    }
 }
 
-/// Every allocator compared, percpu-alloc's first.
-pub fn allocators() -> [NamedAllocator; 4] {
-    [
-        NamedAllocator {
-            id: "percpu",
-            type_name: "percpu_alloc::PerCpuAlloc",
-            kind: AllocatorKind::PerCpu,
-        },
-        NamedAllocator {
-            id: "system",
-            type_name: "std::alloc::System",
-            kind: AllocatorKind::System,
-        },
-        NamedAllocator {
-            id: "mimalloc",
-            type_name: "mimalloc::MiMalloc",
-            kind: AllocatorKind::Mimalloc,
-        },
-        NamedAllocator {
-            id: "jemalloc",
-            type_name: "tikv_jemallocator::Jemalloc",
-            kind: AllocatorKind::Jemalloc,
-        },
-    ]
-}
-
-/// `with_allocator!(named, |a| body)`: `body` with `a` bound to the `&'static` allocator
-/// that the [`NamedAllocator`] `named` stands for, as its own type. `body` is compiled once
-/// per allocator, so the calls it makes through `a` are static (and a timed loop in it is
+/// `with_allocator!(choice, |a| body)`: `body` with `a` bound to the `&'static` allocator
+/// the [`AllocatorChoice`] `choice` stands for, as its own type. `body` is compiled once per
+/// allocator, so the calls it makes through `a` are static (and a timed loop in it is
 /// compiled for that allocator alone); every copy must have the same type.
 #[macro_export]
 macro_rules! with_allocator {
-    ($named:expr, |$a:ident| $body:expr) => {
-        match $named.kind {
-            $crate::allocators::AllocatorKind::PerCpu => {
+    ($choice:expr, |$a:ident| $body:expr) => {
+        match $choice {
+            $crate::allocators::AllocatorChoice::PerCpu => {
                 let $a = &$crate::allocators::PERCPU;
                 $body
             }
-            $crate::allocators::AllocatorKind::System => {
+            $crate::allocators::AllocatorChoice::System => {
                 let $a = &::std::alloc::System;
                 $body
             }
-            $crate::allocators::AllocatorKind::Mimalloc => {
+            $crate::allocators::AllocatorChoice::Mimalloc => {
                 let $a = &$crate::allocators::MIMALLOC;
                 $body
             }
-            $crate::allocators::AllocatorKind::Jemalloc => {
+            $crate::allocators::AllocatorChoice::Jemalloc => {
                 let $a = &$crate::allocators::JEMALLOC;
                 $body
             }
@@ -215,15 +226,15 @@ pub fn producer_consumer<A: GlobalAlloc + Sync + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use super::allocators;
+    use super::AllocatorChoice;
 
     /// The report labels every figure with `type_name`, and `with_allocator!` picks the
-    /// allocator from `kind`: the two must name the same allocator.
+    /// allocator by the variant: the two must name the same allocator.
     #[test]
-    fn each_named_allocator_dispatches_to_the_type_it_names() {
-        for named in allocators() {
-            let dispatched = crate::with_allocator!(named, |a| std::any::type_name_of_val(a));
-            assert_eq!(dispatched, named.type_name, "{}", named.id);
+    fn each_choice_dispatches_to_the_type_it_names() {
+        for choice in AllocatorChoice::ALL {
+            let dispatched = crate::with_allocator!(choice, |a| std::any::type_name_of_val(a));
+            assert_eq!(dispatched, choice.type_name(), "{}", choice.id());
         }
     }
 }

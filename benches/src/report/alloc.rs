@@ -3,7 +3,7 @@
 
 use super::measure::{Contender, Run, Settings, TableSpec};
 use crate::allocators::{
-    alloc_free_pair, alloc_then_free_batch, allocators, producer_consumer, NamedAllocator,
+    alloc_free_pair, alloc_then_free_batch, producer_consumer, AllocatorChoice,
 };
 use crate::{run_threads, with_allocator};
 use std::alloc::Layout;
@@ -26,10 +26,10 @@ fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).expect("a valid layout")
 }
 
-fn pairs(allocator: NamedAllocator, size: usize) -> Contender<'static> {
+fn pairs(allocator: AllocatorChoice, size: usize) -> Contender<'static> {
     let layout = layout(size);
     with_allocator!(allocator, |a| {
-        Contender::new(allocator.type_name, move |threads, ops| {
+        Contender::new(allocator.type_name(), move |threads, ops| {
             let wall = run_threads(threads, ops, |_| (), |_| alloc_free_pair(a, layout));
             Run {
                 wall,
@@ -40,10 +40,10 @@ fn pairs(allocator: NamedAllocator, size: usize) -> Contender<'static> {
 }
 
 /// `ops` is rounded to whole batches (at least one) per thread.
-fn batches(allocator: NamedAllocator, size: usize) -> Contender<'static> {
+fn batches(allocator: AllocatorChoice, size: usize) -> Contender<'static> {
     let layout = layout(size);
     with_allocator!(allocator, |a| {
-        Contender::new(allocator.type_name, move |threads, ops| {
+        Contender::new(allocator.type_name(), move |threads, ops| {
             let batches = (ops / BATCH as u64).max(1);
             let wall = run_threads(
                 threads,
@@ -60,10 +60,10 @@ fn batches(allocator: NamedAllocator, size: usize) -> Contender<'static> {
 }
 
 /// Half the threads produce, half consume; `ops` blocks per producer.
-fn cross_thread(allocator: NamedAllocator, size: usize) -> Contender<'static> {
+fn cross_thread(allocator: AllocatorChoice, size: usize) -> Contender<'static> {
     let layout = layout(size);
     with_allocator!(allocator, |a| {
-        Contender::new(allocator.type_name, move |threads, ops| {
+        Contender::new(allocator.type_name(), move |threads, ops| {
             let pairs = threads / 2;
             let wall = producer_consumer(a, layout, pairs, ops);
             Run {
@@ -79,7 +79,7 @@ fn table(
     title: String,
     what: &str,
     threads: Vec<usize>,
-    contender: impl Fn(NamedAllocator) -> Contender<'static>,
+    contender: impl Fn(AllocatorChoice) -> Contender<'static>,
 ) -> TableSpec<'static> {
     TableSpec {
         id,
@@ -87,7 +87,7 @@ fn table(
         note: format!("{what}; {HOW_CALLED}"),
         baseline: BASELINE.into(),
         threads,
-        contenders: allocators().into_iter().map(contender).collect(),
+        contenders: AllocatorChoice::ALL.into_iter().map(contender).collect(),
         isolated: true,
     }
 }

@@ -15,7 +15,8 @@
 //! path can be inlined (percpu-alloc's, Rust code) is inlined as it would be when installed
 //! directly; the C allocators are calls into their libraries either way.
 
-use percpu_alloc::PerCpuAlloc;
+pub use crate::allocators::AllocatorChoice;
+use crate::allocators::{JEMALLOC, MIMALLOC, PERCPU};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,75 +29,13 @@ pub const ALLOCATOR_VAR: &str = "PERCPU_WORKLOAD_ALLOCATOR";
 /// [`ALLOCATOR_VAR`] for `getenv`; the test below keeps the two spellings equal.
 const ALLOCATOR_VAR_C: &CStr = c"PERCPU_WORKLOAD_ALLOCATOR";
 
-static PERCPU: PerCpuAlloc = PerCpuAlloc::new();
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// One of the allocators a workload process can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AllocatorChoice {
-    /// `percpu_alloc::PerCpuAlloc`, this project's.
-    PerCpu,
-    /// `std::alloc::System`: glibc's malloc here, the baseline of every ratio.
-    System,
-    /// `mimalloc::MiMalloc`.
-    Mimalloc,
-    /// `tikv_jemallocator::Jemalloc`.
-    Jemalloc,
-}
-
-impl AllocatorChoice {
-    /// Every allocator, in the order the tables show them (the same as the report's).
-    pub const ALL: [AllocatorChoice; 4] = [
-        AllocatorChoice::PerCpu,
-        AllocatorChoice::System,
-        AllocatorChoice::Mimalloc,
-        AllocatorChoice::Jemalloc,
-    ];
-
-    /// The value of [`ALLOCATOR_VAR`] that selects it, also the name `--allocators` takes
-    /// (the same ids as `crate::allocators`).
-    pub fn id(self) -> &'static str {
-        match self {
-            AllocatorChoice::PerCpu => "percpu",
-            AllocatorChoice::System => "system",
-            AllocatorChoice::Mimalloc => "mimalloc",
-            AllocatorChoice::Jemalloc => "jemalloc",
-        }
-    }
-
-    /// The type installed, as the report and the JSON name it.
-    pub fn type_name(self) -> &'static str {
-        match self {
-            AllocatorChoice::PerCpu => "percpu_alloc::PerCpuAlloc",
-            AllocatorChoice::System => "std::alloc::System",
-            AllocatorChoice::Mimalloc => "mimalloc::MiMalloc",
-            AllocatorChoice::Jemalloc => "tikv_jemallocator::Jemalloc",
-        }
-    }
-
-    /// The column heading of the tables: what the allocator is, not the Rust type.
-    pub fn column(self) -> &'static str {
-        match self {
-            AllocatorChoice::PerCpu => "percpu",
-            AllocatorChoice::System => "glibc",
-            AllocatorChoice::Mimalloc => "mimalloc",
-            AllocatorChoice::Jemalloc => "jemalloc",
-        }
-    }
-
-    /// The allocator whose [`id`](Self::id) is `id`.
-    pub fn from_id(id: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|choice| choice.id() == id)
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            AllocatorChoice::PerCpu => PERCPU_CODE,
-            AllocatorChoice::System => SYSTEM_CODE,
-            AllocatorChoice::Mimalloc => MIMALLOC_CODE,
-            AllocatorChoice::Jemalloc => JEMALLOC_CODE,
-        }
+/// The byte [`CHOICE`] holds for `choice`.
+fn code(choice: AllocatorChoice) -> u8 {
+    match choice {
+        AllocatorChoice::PerCpu => PERCPU_CODE,
+        AllocatorChoice::System => SYSTEM_CODE,
+        AllocatorChoice::Mimalloc => MIMALLOC_CODE,
+        AllocatorChoice::Jemalloc => JEMALLOC_CODE,
     }
 }
 
@@ -165,7 +104,7 @@ impl EnvSelectedAllocator {
         let code = chosen_code();
         AllocatorChoice::ALL
             .into_iter()
-            .find(|choice| choice.code() == code)
+            .find(|&choice| self::code(choice) == code)
             .unwrap_or(AllocatorChoice::System)
     }
 }
@@ -228,9 +167,9 @@ mod tests {
     fn ids_round_trip_and_codes_are_distinct() {
         for choice in AllocatorChoice::ALL {
             assert_eq!(AllocatorChoice::from_id(choice.id()), Some(choice));
-            assert_ne!(choice.code(), UNCHOSEN);
+            assert_ne!(code(choice), UNCHOSEN);
         }
-        let mut codes: Vec<u8> = AllocatorChoice::ALL.iter().map(|c| c.code()).collect();
+        let mut codes: Vec<u8> = AllocatorChoice::ALL.into_iter().map(code).collect();
         codes.dedup();
         assert_eq!(codes.len(), 4);
         assert_eq!(AllocatorChoice::from_id("glibc"), None);
