@@ -89,6 +89,7 @@ fn table(
         threads,
         contenders: AllocatorChoice::ALL.into_iter().map(contender).collect(),
         isolated: true,
+        focus: Some(AllocatorChoice::PerCpu.type_name().into()),
     }
 }
 

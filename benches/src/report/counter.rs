@@ -102,6 +102,7 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
         threads: settings.threads.clone(),
         contenders: contenders(),
         isolated: false,
+        focus: None,
     }]
 }
 

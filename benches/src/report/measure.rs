@@ -1,6 +1,7 @@
 //! How one figure is measured: a fixed number of operations per thread, sized once per
 //! implementation by a calibration run, repeated, and the median kept.
 
+use super::affinity;
 use super::cli::Mode;
 use super::table::{Point, Series, Table};
 use indicatif::ProgressBar;
@@ -115,6 +116,9 @@ pub struct TableSpec<'a> {
     /// Whether every timed run is made in a process of its own (see [`super::isolate`]);
     /// otherwise in this one.
     pub isolated: bool,
+    /// The contender the table is about, if it is about one: it is then also compared with
+    /// every other contender directly, round by round (see [`Table::with_head_to_head`]).
+    pub focus: Option<String>,
 }
 
 impl TableSpec<'_> {
@@ -194,17 +198,20 @@ fn timed_run(
 /// figure, and return the table with ratios to the baseline; an error when a child
 /// measuring an isolated table's sample fails.
 ///
-/// The contenders take turns: each repetition at a thread count runs every contender once,
-/// in order, before the next repetition starts. A host whose speed drifts during the table
-/// (frequency, neighbours on a shared machine) then moves every contender's samples alike,
-/// and the ratios, taken between medians of samples drawn from the same stretch of time,
-/// stay comparable where back-to-back blocks per contender would not.
+/// The contenders take turns: each repetition (a round) at a thread count runs every
+/// contender once, in order, before the next round starts. A host whose speed drifts during
+/// the table (frequency, neighbours on a shared machine) then moves the samples of one round
+/// alike, and each ratio is the median of the per-round ratios (see [`Table::with_ratios`]),
+/// so a slow stretch that takes in a whole round cancels out of it. At one thread every
+/// sample of a round runs on the same CPU, the rounds on each allowed CPU in turn (see
+/// `affinity`): this host's CPUs slow down independently of each other.
 pub fn measure_table(
     spec: &TableSpec<'_>,
     settings: &Settings,
     progress: &ProgressBar,
 ) -> std::io::Result<Table> {
     let first_threads = *spec.threads.first().expect("a table has thread counts");
+    let cpus = affinity::allowed_cpus();
     // Enough operations in all for one target run if nothing scaled or contended, shared
     // out among the threads below.
     let total_ops: Vec<f64> = spec
@@ -227,9 +234,13 @@ pub fn measure_table(
             })
             .collect();
         let mut samples: Vec<Vec<f64>> = spec.contenders.iter().map(|_| Vec::new()).collect();
-        for _ in 0..settings.repetitions {
+        for round in 0..settings.repetitions {
+            // One thread: the whole round on one CPU, the rounds on each CPU in turn.
+            let cpu = (threads == 1 && !cpus.is_empty()).then(|| cpus[round % cpus.len()]);
             for (i, contender) in spec.contenders.iter().enumerate() {
-                let run = timed_run(spec, contender, settings, threads, ops_per_thread[i])?;
+                let run = affinity::pinned(cpu, || {
+                    timed_run(spec, contender, settings, threads, ops_per_thread[i])
+                })??;
                 samples[i].push(ns_per_op(run));
             }
         }
@@ -259,7 +270,8 @@ pub fn measure_table(
         spec.note.clone(),
         spec.baseline.clone(),
         series,
-    ))
+    )
+    .with_head_to_head(spec.focus.as_deref()))
 }
 
 #[cfg(test)]

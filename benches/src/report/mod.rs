@@ -2,10 +2,11 @@
 //! crates in this run and prints side-by-side tables (ns per op and ratios to a named
 //! baseline), writes every figure as JSON and one SVG plot per table.
 //!
-//! One idea per module: [`cli`] the flags, [`measure`] how a figure is timed, [`table`] the
-//! figures and their text layout, `env` the rseq header, `counter`, `queue` and `alloc` the
+//! One idea per module: [`cli`] the flags, [`measure`] how a figure is timed, `affinity`
+//! pinning one-thread rounds to a CPU, [`table`] the figures and their text layout, `env` the rseq header, `counter`, `queue` and `alloc` the
 //! tables to measure, `plot` the SVGs and `json` the machine-readable copy.
 
+mod affinity;
 mod alloc;
 pub mod cli;
 mod counter;
@@ -75,7 +76,9 @@ fn header(settings: &Settings, environment: &Environment) -> String {
     let threads: Vec<String> = settings.threads.iter().map(usize::to_string).collect();
     format!(
         "percpu report, {mode} mode: threads {threads}; each figure is the median of \
-         {reps} timed runs of about {target:?} each\n\
+         {reps} timed runs of about {target:?} each, one per round (a round times every \
+         contender once, in turn; at one thread all on the same CPU, the CPUs taking turns \
+         by round), and each ratio the median of the per-round ratios\n\
          ns per op = wall time from the first thread's start to the last one's end (all \
          released by one barrier, each doing a fixed number of ops) / all threads' ops\n\n\
          {environment}",

@@ -59,6 +59,7 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
             baseline: QUEUE_BASELINE.into(),
             threads: settings.threads.clone(),
             isolated: false,
+            focus: None,
             contenders: vec![
                 push_pops("percpu FreeList", FreeList::<u64>::new()),
                 push_pops(
@@ -86,6 +87,7 @@ pub fn tables(settings: &Settings) -> Vec<TableSpec<'static>> {
             baseline: POOL_BASELINE.into(),
             threads: settings.threads.clone(),
             isolated: false,
+            focus: None,
             contenders: vec![
                 get_drops("percpu Pool", Pool::new(POOL_SIZE, pooled_object), |pool| {
                     black_box(&*pool.get());
