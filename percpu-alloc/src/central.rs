@@ -31,7 +31,25 @@
 //! sweep below still finds every wholly free span. Spans carved before the caches existed,
 //! or by threads with no CPU, have no owner and stay on the shared list.
 //!
-//! Every span of these classes starts with a header line that holds its owner and the
+//! **Carving per slot.** From 64 bytes on no two objects share a line, but objects carved
+//! for different CPUs still sat side by side: refills taking turns from one bump range gave
+//! each CPU runs of a batch's objects (2 KiB at 64 bytes) between the other CPU's. Two
+//! threads allocating and freeing 1000 blocks of 64 bytes each, pinned to the two CPUs of
+//! the 2-core EPYC host of 2026-12-08, their caches filled at the same time, took 6.9-19.9
+//! ns per block each (10 of 12 threads over 10 ns), against 5.4-7.7 once each CPU's
+//! blocks came from spans of its own, and mimalloc's (pages per thread) 6.6-9.7, in the
+//! same minutes. The likely cause, not confirmed (the host has no performance counters):
+//! the hardware prefetchers fetch lines next to and ahead of the ones a CPU walks, so at
+//! each boundary they pulled lines the other CPU was writing. So
+//! the classes up to 128 bytes ([`PARTITIONED_CLASSES`]) have lists per slot too, and a
+//! slot's refills carve only its own spans. Their frees are not routed: the object goes to
+//! the cache of the CPU that frees it (it shares no line, so handing it out there is safe
+//! and a free from another CPU stays a plain push), and reaches its owner's list only when
+//! that cache flushes it, through [`insert`]. Above 128 bytes a run of a batch is long
+//! enough (4 KiB and up) that its boundaries matter little, and those classes keep one
+//! shared list behind the transfer cache.
+//!
+//! Every span of the owned classes starts with a header line that holds its owner and the
 //! owner's stack for the class ([`span_owner`], [`span_owner_and_stack`]), so the free fast
 //! path finds both with two loads from one line at the object's own address (`SPAN_ALIGN`-aligned spans: the header is at the object's address rounded
 //! down) rather than the pagemap's two dependent loads. The line is written once, when the
@@ -87,12 +105,24 @@ const EMPTY: Central = Central {
 
 static CENTRAL: [SpinLock<Central>; NUM_CLASSES] = [const { SpinLock::new(EMPTY) }; NUM_CLASSES];
 
-/// Classes partitioned per slot: those whose objects are smaller than a cache line (8 to 56
+/// Classes whose spans name their owner in a header and whose frees go back to the owner
+/// (see the module docs): those whose objects are smaller than a cache line (8 to 56
 /// bytes); from 64 bytes on, an object is a multiple of a line and aligned to it.
 pub(crate) const OWNED_CLASSES: usize = 7;
 const _: () = assert!(
     CLASSES[OWNED_CLASSES - 1].size < 64 && CLASSES[OWNED_CLASSES].size == 64,
     "OWNED_CLASSES must be the classes under a cache line"
+);
+
+/// Classes with a central list per slot: the owned ones and those of 64 to 128 bytes, whose
+/// spans are carved per slot too but whose frees stay on the freeing CPU (see the module
+/// docs, "Carving per slot").
+pub(crate) const PARTITIONED_CLASSES: usize = 16;
+const _: () = assert!(
+    PARTITIONED_CLASSES >= OWNED_CLASSES
+        && CLASSES[PARTITIONED_CLASSES - 1].size == 128
+        && CLASSES[PARTITIONED_CLASSES].size > 128,
+    "PARTITIONED_CLASSES must be the classes up to 128 bytes"
 );
 
 /// Bytes at the start of every span of an owned class that hold its header (the owner word)
@@ -157,13 +187,13 @@ pub(crate) unsafe fn span_owner_and_stack(object: *mut u8) -> (SpanOwner, *const
     (unsafe { span_owner(object) }, stack.cast_const())
 }
 
-/// One slot's lists for the owned classes. All-zero bytes are a valid value of it (null
+/// One slot's lists for the partitioned classes. All-zero bytes are a valid value of it (null
 /// pointers, zero counts, unlocked locks: exactly `SpinLock::new(EMPTY)`), so a fresh
 /// anonymous mapping of them needs no initialising writes, and only the slots in use are
 /// ever touched.
 #[repr(C)]
 struct SlotPartitions {
-    lists: [Partition; OWNED_CLASSES],
+    lists: [Partition; PARTITIONED_CLASSES],
 }
 
 /// A list on its own line (two: the adjacent-line prefetcher pairs them).
@@ -176,7 +206,7 @@ struct Partition(SpinLock<Central>);
 static PARTITIONS: AtomicPtr<SlotPartitions> = AtomicPtr::new(core::ptr::null_mut());
 static PARTITION_SLOTS: AtomicUsize = AtomicUsize::new(0);
 
-/// Give the owned classes a list per slot, for `slots` slots; false (and nothing changed)
+/// Give the partitioned classes a list per slot, for `slots` slots; false (and nothing changed)
 /// when they cannot be mapped, or were set up already. Called once, by the thread setting
 /// up the per-CPU caches, before they are published.
 pub(crate) fn set_up_partitions(slots: usize) -> bool {
@@ -224,15 +254,16 @@ fn all_partitions() -> &'static [SlotPartitions] {
     unsafe { core::slice::from_raw_parts(PARTITIONS.load(Ordering::Relaxed), slots) }
 }
 
-/// Whether `class` has a list per slot (it is owned, and the partitions exist).
+/// Whether `class` has a list per slot (it is one of [`PARTITIONED_CLASSES`], and the
+/// partitions exist).
 #[inline]
 pub(crate) fn is_partitioned(class: usize) -> bool {
-    class < OWNED_CLASSES && PARTITION_SLOTS.load(Ordering::Relaxed) != 0
+    class < PARTITIONED_CLASSES && PARTITION_SLOTS.load(Ordering::Relaxed) != 0
 }
 
 /// `slot`'s list for `class`, if it has one.
 fn partition(class: usize, slot: usize) -> Option<&'static SpinLock<Central>> {
-    if class >= OWNED_CLASSES {
+    if class >= PARTITIONED_CLASSES {
         return None;
     }
     Some(&all_partitions().get(slot)?.lists[class].0)
@@ -685,6 +716,12 @@ mod tests {
     /// Sets up partitions if nothing has (under Miri nothing else does); the slots there are.
     fn partition_slots() -> usize {
         set_up_partitions(2);
+        // Another test's call may have claimed the mapping and not yet published the count:
+        // wait for it, a while (a mapping that failed publishes nothing).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while all_partitions().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         all_partitions().len()
     }
 
@@ -777,6 +814,58 @@ mod tests {
         let (carved, _) = counts(class);
         assert!(release_free_spans(class) > 0);
         assert_eq!(counts(class).0, carved - 32 - 8);
+    }
+
+    #[test]
+    fn classes_carved_per_slot_come_from_their_slots_spans_and_go_back_there() {
+        // Only this test uses class 10 (88 bytes) in this binary.
+        let class = 10;
+        assert!((OWNED_CLASSES..PARTITIONED_CLASSES).contains(&class));
+        assert_eq!(header_bytes(class), 0, "no header: frees are not routed");
+        let slots = partition_slots();
+        assert!(slots > 0 && is_partitioned(class));
+        let mut taken: Vec<(usize, [*mut u8; 32])> = Vec::new();
+        for slot in 0..slots.min(2) {
+            let mut batch = [core::ptr::null_mut(); 32];
+            assert_eq!(remove_owned(class, slot, &mut batch), 32);
+            // The slot's first take carves a fresh span of its own, from its start.
+            assert_eq!(batch[0].addr() % SPAN_ALIGN, 0);
+            for &object in &batch {
+                assert_eq!(pagemap::owner(object.addr()), SpanOwner::slot(slot));
+            }
+            taken.push((slot, batch));
+        }
+        if let [(_, first), (_, second)] = taken.as_slice() {
+            let spans = |batch: &[*mut u8; 32]| -> Vec<usize> {
+                batch.iter().map(|o| o.addr() / SPAN_ALIGN).collect()
+            };
+            assert!(
+                spans(first)
+                    .iter()
+                    .all(|span| !spans(second).contains(span)),
+                "two slots carved from one span"
+            );
+        }
+        // Back through flushes that mix the slots' objects: each onto its owner's list.
+        let before: Vec<usize> = taken
+            .iter()
+            .map(|&(slot, _)| held_by(class, slot))
+            .collect();
+        let shared_before = CENTRAL[class].lock().free_count();
+        let mut mixed = Vec::new();
+        for i in 0..32 {
+            mixed.extend(taken.iter().map(|(_, batch)| batch[i]));
+        }
+        // SAFETY: each object came from `remove_owned` and is given back once.
+        unsafe { insert(class, &mixed) };
+        for (&(slot, _), before) in taken.iter().zip(before) {
+            assert_eq!(held_by(class, slot), before + 32);
+        }
+        assert_eq!(CENTRAL[class].lock().free_count(), shared_before);
+        // Every span is wholly free again, on its owner's list, and the sweep finds it.
+        let (carved, _) = counts(class);
+        assert!(release_free_spans(class) > 0);
+        assert_eq!(counts(class).0, carved - 32 * taken.len());
     }
 
     #[test]

@@ -200,7 +200,7 @@ mod tests {
     fn objects_come_back_exactly_once_through_stripe_and_transfer_cache() {
         // A class the central lists never partition: partitioned ones skip the transfer
         // cache once another test of this binary has set up the per-CPU caches.
-        let class = crate::central::OWNED_CLASSES + 2;
+        let class = crate::central::PARTITIONED_CLASSES + 2;
         for round in 0..2 {
             let mut objects: Vec<*mut u8> = (0..3 * CAPACITY).map(|_| alloc(class)).collect();
             assert!(
