@@ -27,7 +27,7 @@ fn pairs(c: &mut Criterion) {
             with_allocator!(a, |allocator| group.bench_with_input(
                 BenchmarkId::new(size.to_string(), a.id()),
                 &layout,
-                |b, &layout| b.iter(|| alloc_free_pair(allocator, layout)),
+                |b, &layout| b.iter(move || alloc_free_pair(allocator, layout)),
             ));
         }
     }
@@ -47,8 +47,10 @@ fn pairs_threads(c: &mut Criterion) {
                         contended(
                             threads,
                             iters,
-                            |_| (),
-                            |_| alloc_free_pair(allocator, layout),
+                            // Each thread's own copy, a local of its loop (see the
+                            // report's `pairs`).
+                            |_| layout,
+                            |layout| alloc_free_pair(allocator, *layout),
                         )
                     })
                 }

@@ -30,7 +30,15 @@ fn pairs(allocator: AllocatorChoice, size: usize) -> Contender<'static> {
     let layout = layout(size);
     with_allocator!(allocator, |a| {
         Contender::new(allocator.type_name(), move |threads, ops| {
-            let wall = run_threads(threads, ops, |_| (), |_| alloc_free_pair(a, layout));
+            // The layout is each thread's state, a local of its timed loop: captured by the
+            // closure instead, it was reloaded through two pointers and tested again around
+            // every opaque call into the allocator.
+            let wall = run_threads(
+                threads,
+                ops,
+                |_| layout,
+                |layout| alloc_free_pair(a, *layout),
+            );
             Run {
                 wall,
                 ops: threads as u64 * ops,
