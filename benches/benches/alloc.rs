@@ -11,13 +11,16 @@
 //! - `alloc/producer_consumer/64/<allocator>`: one thread allocates, another frees what it
 //!   receives through a bounded lock-free queue; per block.
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use percpu_benches::allocators::{
     alloc_free_pair, alloc_then_free_batch, producer_consumer, AllocatorChoice,
 };
-use percpu_benches::{contended, with_allocator, THREAD_COUNTS};
+use percpu_benches::{with_allocator, THREAD_COUNTS};
 use std::alloc::Layout;
 use std::time::Duration;
+use support::bench_contended;
 
 fn pairs(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc/pair");
@@ -39,21 +42,13 @@ fn pairs_threads(c: &mut Criterion) {
     let layout = Layout::from_size_align(64, 8).unwrap();
     for a in AllocatorChoice::ALL {
         for threads in THREAD_COUNTS {
-            with_allocator!(a, |allocator| group.bench_with_input(
+            with_allocator!(a, |allocator| bench_contended(
+                &mut group,
                 BenchmarkId::new(a.id(), threads),
-                &threads,
-                |b, &threads| {
-                    b.iter_custom(|iters| {
-                        contended(
-                            threads,
-                            iters,
-                            // Each thread's own copy, a local of its loop (see the
-                            // report's `pairs`).
-                            |_| layout,
-                            |layout| alloc_free_pair(allocator, *layout),
-                        )
-                    })
-                }
+                threads,
+                // Each thread's own copy, a local of its loop (see the report's `pairs`).
+                |_| layout,
+                |layout| alloc_free_pair(allocator, *layout),
             ));
         }
     }

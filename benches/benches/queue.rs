@@ -11,14 +11,17 @@
 //! Figures are per operation of aggregate throughput (see `percpu_benches::contended`), so
 //! "5x the throughput of ArrayQueue" means a fifth of its time per iteration.
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use percpu_benches::queues::{pooled_object, push_then_pop, OpoolAllocator, PushPop, POOL_SIZE};
-use percpu_benches::{contended, THREAD_COUNTS};
+use percpu_benches::THREAD_COUNTS;
 use percpu_counter::PerCpuCounter;
 use percpu_queue::{FreeList, PerCpuBuffer, Pool};
 use std::hint::black_box;
 use std::sync::Mutex;
+use support::bench_contended;
 
 /// One push and one pop per iteration on each thread, each thread starting with its own item.
 fn bench_push_pop<Q: PushPop>(
@@ -27,16 +30,13 @@ fn bench_push_pop<Q: PushPop>(
     threads: usize,
     queue: &Q,
 ) {
-    group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
-        b.iter_custom(|iters| {
-            contended(
-                threads,
-                iters,
-                |t| Some(Q::new_item(t as u64)),
-                |held| push_then_pop(queue, held),
-            )
-        })
-    });
+    bench_contended(
+        group,
+        BenchmarkId::new(name, threads),
+        threads,
+        |t| Some(Q::new_item(t as u64)),
+        |held| push_then_pop(queue, held),
+    );
 }
 
 fn push_pop(c: &mut Criterion) {
@@ -44,21 +44,14 @@ fn push_pop(c: &mut Criterion) {
     for threads in THREAD_COUNTS {
         // The baseline the issue names: a pair of adds on percpu-counter's counter.
         let counter = PerCpuCounter::new();
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("counter add pair (rseq-sys)", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (),
-                        |_| {
-                            counter.add(black_box(1));
-                            counter.add(black_box(1));
-                        },
-                    )
-                })
+            threads,
+            |_| (),
+            |_| {
+                counter.add(black_box(1));
+                counter.add(black_box(1));
             },
         );
         bench_push_pop(
@@ -99,59 +92,38 @@ fn pool(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue/pool");
     for threads in THREAD_COUNTS {
         let percpu = Pool::new(POOL_SIZE, pooled_object);
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("percpu Pool", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (),
-                        |_| {
-                            let object = percpu.get();
-                            black_box(&*object);
-                        },
-                    )
-                })
+            threads,
+            |_| (),
+            |_| {
+                let object = percpu.get();
+                black_box(&*object);
             },
         );
 
         let object_pool = object_pool::Pool::new(POOL_SIZE, pooled_object);
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("object-pool", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (),
-                        |_| {
-                            let object = object_pool.pull(pooled_object);
-                            black_box(&*object);
-                        },
-                    )
-                })
+            threads,
+            |_| (),
+            |_| {
+                let object = object_pool.pull(pooled_object);
+                black_box(&*object);
             },
         );
 
         let opool = opool::Pool::new_prefilled(POOL_SIZE, OpoolAllocator);
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("opool", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (),
-                        |_| {
-                            let object = opool.get();
-                            black_box(&*object);
-                        },
-                    )
-                })
+            threads,
+            |_| (),
+            |_| {
+                let object = opool.get();
+                black_box(&*object);
             },
         );
     }

@@ -8,12 +8,14 @@
 //! instead, they would be reloaded after every critical section (the asm may write any
 //! memory the compiler cannot prove private), which the C loop never does.
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use crossbeam_utils::CachePadded;
-use percpu_benches::contended;
 use rseq_sys::{Backend, Outcome, Rseq, SlotArray};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
+use support::bench_contended;
 
 const THREADS: [usize; 3] = [1, 2, 8];
 
@@ -87,69 +89,39 @@ fn add(c: &mut Criterion) {
     for threads in THREADS {
         let slots = PerCpuSlots::new();
         let view = slots.view();
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("rseq-sys", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (view, black_box(1)),
-                        |&mut (view, one)| slots.add(Rseq::CPU_ID, view, one),
-                    )
-                })
-            },
+            threads,
+            |_| (view, black_box(1)),
+            |&mut (view, one)| slots.add(Rseq::CPU_ID, view, one),
         );
         let resolved_slots = PerCpuSlots::new();
         let resolved_view = resolved_slots.view();
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("rseq-sys resolved", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (Rseq::CPU_ID.resolved(), resolved_view, black_box(1)),
-                        |&mut (rseq, view, one)| resolved_slots.add(rseq, view, one),
-                    )
-                })
-            },
+            threads,
+            |_| (Rseq::CPU_ID.resolved(), resolved_view, black_box(1)),
+            |&mut (rseq, view, one)| resolved_slots.add(rseq, view, one),
         );
         let pinned_slots = PerCpuSlots::new();
         let pinned_view = pinned_slots.view();
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("rseq-sys pinned", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| (Rseq::CPU_ID.pin(), pinned_view, black_box(1)),
-                        |&mut (pinned, view, one)| {
-                            pinned_slots.add_pinned(view, pinned.as_ref(), one)
-                        },
-                    )
-                })
-            },
+            threads,
+            |_| (Rseq::CPU_ID.pin(), pinned_view, black_box(1)),
+            |&mut (pinned, view, one)| pinned_slots.add_pinned(view, pinned.as_ref(), one),
         );
         let atomic = CachePadded::new(AtomicU64::new(0));
-        group.bench_with_input(
+        bench_contended(
+            &mut group,
             BenchmarkId::new("AtomicU64::fetch_add", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    contended(
-                        threads,
-                        iters,
-                        |_| black_box(1),
-                        |&mut one| {
-                            atomic.fetch_add(one, Ordering::Relaxed);
-                        },
-                    )
-                })
+            threads,
+            |_| black_box(1),
+            |&mut one| {
+                atomic.fetch_add(one, Ordering::Relaxed);
             },
         );
         #[cfg(c_reference)]
