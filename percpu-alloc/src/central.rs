@@ -36,26 +36,27 @@
 //! each CPU runs of a batch's objects (2 KiB at 64 bytes) between the other CPU's. Two
 //! threads allocating and freeing 1000 blocks of 64 bytes each, pinned to the two CPUs of
 //! the 2-core EPYC host of 2026-12-08, their caches filled at the same time, took 6.9-19.9
-//! ns per block each (10 of 12 threads over 10 ns), against 5.4-7.7 once each CPU's
-//! blocks came from spans of its own, and mimalloc's (pages per thread) 6.6-9.7, in the
-//! same minutes. The likely cause, not confirmed (the host has no performance counters):
-//! the hardware prefetchers fetch lines next to and ahead of the ones a CPU walks, so at
-//! each boundary they pulled lines the other CPU was writing. So
-//! the classes up to 128 bytes ([`PARTITIONED_CLASSES`]) have lists per slot too, and a
-//! slot's refills carve only its own spans. Their frees are not routed: the object goes to
-//! the cache of the CPU that frees it (it shares no line, so handing it out there is safe
-//! and a free from another CPU stays a plain push), and reaches its owner's list only when
-//! that cache flushes it, through [`insert`]. Above 128 bytes a run of a batch is long
-//! enough (4 KiB and up) that its boundaries matter little, and those classes keep one
-//! shared list behind the transfer cache.
+//! ns per block each (10 of 12 threads over 10 ns), against 5.4-7.7 once each CPU's blocks
+//! came from spans of its own, and mimalloc's (pages per thread) 6.6-9.7, in the same
+//! minutes. The likely cause, not confirmed (the host has no performance counters): the
+//! hardware prefetchers fetch lines next to and ahead of the ones a CPU walks, so at each
+//! boundary they pulled lines the other CPU was writing. So the classes up to 128 bytes
+//! ([`PARTITIONED_CLASSES`]) have lists per slot too, and a slot's refills carve only its
+//! own spans. Their frees are not routed: the object goes to the cache of the CPU that
+//! frees it (it shares no line, so handing it out there is safe and a free from another CPU
+//! stays a plain push), and reaches its owner's list only when that cache flushes it,
+//! through [`insert`]. Above 128 bytes a refill's run is 4 KiB or more, so its boundaries
+//! are rarer, and those classes keep one shared list behind the transfer cache (whether
+//! they would gain too was not measured).
 //!
 //! Every span of the owned classes starts with a header line that holds its owner and the
 //! owner's stack for the class ([`span_owner`], [`span_owner_and_stack`]), so the free fast
-//! path finds both with two loads from one line at the object's own address (`SPAN_ALIGN`-aligned spans: the header is at the object's address rounded
-//! down) rather than the pagemap's two dependent loads. The line is written once, when the
-//! span is carved, and only read afterwards, so it is shared by every CPU without moving;
-//! it costs 64 bytes of each 64 KiB span (0.1%). The pagemap records the same owner, for
-//! the paths that start from an address alone.
+//! path finds both with two loads from one line at the object's own address
+//! (`SPAN_ALIGN`-aligned spans: the header is at the object's address rounded down) rather
+//! than the pagemap's two dependent loads. The line is written once, when the span is
+//! carved, and only read afterwards, so it is shared by every CPU without moving; it costs
+//! 64 bytes of each 64 KiB span (0.1%). The pagemap records the same owner, for the paths
+//! that start from an address alone.
 
 use crate::front;
 use crate::os;

@@ -3,8 +3,9 @@
 //! baseline), writes every figure as JSON and one SVG plot per table.
 //!
 //! One idea per module: [`cli`] the flags, [`measure`] how a figure is timed, `affinity`
-//! pinning one-thread rounds to a CPU, [`table`] the figures and their text layout, `env` the rseq header, `counter`, `queue` and `alloc` the
-//! tables to measure, `plot` the SVGs and `json` the machine-readable copy.
+//! pinning one-thread rounds to a CPU, [`table`] the figures and their text layout, `env`
+//! the rseq header, `counter`, `queue` and `alloc` the tables to measure, `plot` the SVGs
+//! and `json` the machine-readable copy.
 
 mod affinity;
 mod alloc;
