@@ -42,7 +42,8 @@
 //! hardware prefetchers fetch lines next to and ahead of the ones a CPU walks, so at each
 //! boundary they pulled lines the other CPU was writing. So the classes up to 128 bytes
 //! ([`PARTITIONED_CLASSES`]) have lists per slot too, and a slot's refills carve only its
-//! own spans. Their frees are not routed: the object goes to the cache of the CPU that
+//! own spans (freed objects come first, its own list's or, when that is empty, another
+//! slot's: see `take_before_carving`). Their frees are not routed: the object goes to the cache of the CPU that
 //! frees it (it shares no line, so handing it out there is safe and a free from another CPU
 //! stays a plain push), and reaches its owner's list only when that cache flushes it,
 //! through [`insert`]. Above 128 bytes a refill's run is 4 KiB or more, so its boundaries
