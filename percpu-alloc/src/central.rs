@@ -451,7 +451,7 @@ pub(crate) fn remove_owned(class: usize, slot: usize, out: &mut [*mut u8]) -> us
 /// correctness, since these objects share no line. Freed objects are used before fresh
 /// ones, as the shared list did: without this, a slot whose list ran dry went on to its bump
 /// range and fresh spans while another slot's list held free objects, and xmalloc-test's
-/// producers, moving between CPUs, went from 33.6 to 48-51 MiB peak RSS. Other lists are
+/// producers, moving between CPUs, went from 33.6-39.7 to 48-53 MiB peak RSS. Other lists are
 /// tried (`try_lock`, never waited for, one lock at a time: no lock order to keep) in slot
 /// order from the next one, and only their free objects, never their bump ranges, which
 /// stay their slot's.
