@@ -43,14 +43,14 @@
 //! boundary they pulled lines the other CPU was writing. So the classes up to 128 bytes
 //! ([`PARTITIONED_CLASSES`]) have lists per slot too, and a slot's refills carve only its
 //! own spans (freed objects come first, its own list's or, when that is empty, another
-//! slot's: see `take_before_carving`). Their frees are not routed: the object goes to the cache of the CPU that
-//! frees it (it shares no line, so handing it out there is safe and a free from another CPU
-//! stays a plain push), and reaches its owner's list only when that cache flushes it,
-//! through [`insert`]. Above 128 bytes a refill's run is 4 KiB or more, so its boundaries
-//! are rarer, and those classes keep one shared list behind the transfer cache: the same
-//! test at 144 bytes took 5.1-5.4 ns per block on CPU 0 with the caches filled at once,
-//! against 4.6-4.8 filled one after the other, and at 256 bytes 7.3-9.7 against 7.5-8.3,
-//! where mimalloc took 7.0-9.8 and 7.5-7.8.
+//! slot's: see `take_before_carving`). Their frees are not routed: the object goes to the
+//! cache of the CPU that frees it (it shares no line, so handing it out there is safe and a
+//! free from another CPU stays a plain push), and reaches its owner's list only when that
+//! cache flushes it, through [`insert`]. Above 128 bytes a refill's run is 4 KiB or more,
+//! so its boundaries are rarer, and those classes keep one shared list behind the transfer
+//! cache: the same test at 144 bytes took 5.1-5.4 ns per block on CPU 0 with the caches
+//! filled at once, against 4.6-4.8 filled one after the other, and at 256 bytes 7.3-9.7
+//! against 7.5-8.3, where mimalloc took 7.0-9.8 and 7.5-7.8.
 //!
 //! Every span of the owned classes starts with a header line that holds its owner and the
 //! owner's stack for the class ([`span_owner`], [`span_owner_and_stack`]), so the free fast
