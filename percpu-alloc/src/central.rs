@@ -328,6 +328,16 @@ impl Central {
         true
     }
 
+    /// [`take_free`](Self::take_free) for a list of `class`, with [`FREE_BYTES`] kept up to
+    /// date: what every path that hands free objects out of a list calls.
+    fn take_free_counted(&mut self, class: usize, out: &mut [*mut u8]) -> usize {
+        let n = self.take_free(out);
+        if n > 0 {
+            FREE_BYTES.fetch_sub(n * CLASSES[class].size, Ordering::Relaxed);
+        }
+        n
+    }
+
     /// Fill `out` from the free objects (the top of the stack, the newest, then the
     /// overflow list); returns how many.
     fn take_free(&mut self, out: &mut [*mut u8]) -> usize {
@@ -461,9 +471,8 @@ fn take_before_carving(
     slot: usize,
     out: &mut [*mut u8],
 ) -> usize {
-    let n = list.lock().take_free(out);
+    let n = list.lock().take_free_counted(class, out);
     if n > 0 {
-        FREE_BYTES.fetch_sub(n * CLASSES[class].size, Ordering::Relaxed);
         return n;
     }
     let slots = all_partitions().len();
@@ -471,39 +480,26 @@ fn take_before_carving(
         let Some(mut other_list) = partition(class, other).and_then(SpinLock::try_lock) else {
             continue;
         };
-        let n = other_list.take_free(out);
+        let n = other_list.take_free_counted(class, out);
         if n > 0 {
-            FREE_BYTES.fetch_sub(n * CLASSES[class].size, Ordering::Relaxed);
             return n;
         }
     }
     0
 }
 
-/// Fill `out` from `list`'s free objects, then from its bump range; no fresh span. Returns
-/// how many.
-fn take_without_carving(list: &mut Central, class: usize, out: &mut [*mut u8]) -> usize {
-    let size = CLASSES[class].size;
-    let mut n = list.take_free(out);
-    FREE_BYTES.fetch_sub(n * size, Ordering::Relaxed);
-    while n < out.len() && list.bump_left >= size {
-        out[n] = list.bump;
-        list.bump = list.bump.wrapping_add(size);
-        list.bump_left -= size;
-        list.carved += 1;
-        n += 1;
-    }
-    n
-}
-
 /// Fill `out` from `list`'s free objects, then from its bump range, carving a fresh span
 /// recorded as `owner`'s when nothing else was found.
 fn take_or_carve(list: &mut Central, class: usize, owner: SpanOwner, out: &mut [*mut u8]) -> usize {
     let size = CLASSES[class].size;
-    let mut n = take_without_carving(list, class, out);
+    let mut n = list.take_free_counted(class, out);
     while n < out.len() {
         if list.bump_left >= size {
-            n += take_without_carving(list, class, &mut out[n..]);
+            out[n] = list.bump;
+            list.bump = list.bump.wrapping_add(size);
+            list.bump_left -= size;
+            list.carved += 1;
+            n += 1;
         } else {
             // Refill the bump range from a fresh span only when nothing was found: a partial
             // batch is fine and keeps the lock short.
